@@ -1,0 +1,13 @@
+# Quick start: `make demo` and `make test` each set up .venv/ first (seconds when it is current).
+PY := .venv/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test
+setup:
+	bash tools/setup_env.sh
+
+demo: setup
+	$(PY) tools/demo.py
+
+test: setup
+	$(PY) -m pytest tests $(PYTEST_ARGS)

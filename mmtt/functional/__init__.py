@@ -1,0 +1,19 @@
+"""Token Transforming as pure tensor functions (imports only torch).
+
+Token reduction is ``Y = W X`` (eq. 1). The builders here make W for each method as a
+:class:`TokenMatrix`; :meth:`TokenMatrix.apply` applies any of them; recovery maps reduced
+tokens back to the full set for dense prediction.
+"""
+from .attention import size_bias, sized_attention
+from .builders import (ORPHAN_RULES, SIMILARITIES, evit_matrix, prune_matrix, similarity,
+                       tome_matrix, transform_matrix, transform_token_matrix)
+from .recovery import compose_recovery_index, nearest_recovery_index, recover_tokens
+from .scores import attention_with_scores, class_token_scores, informative_scores, uniform_scores
+from .token_matrix import TokenMatrix
+
+__all__ = [
+    'informative_scores', 'class_token_scores', 'uniform_scores', 'attention_with_scores',
+    'similarity', 'transform_matrix', 'transform_token_matrix', 'prune_matrix', 'evit_matrix',
+    'tome_matrix', 'TokenMatrix', 'nearest_recovery_index', 'compose_recovery_index',
+    'recover_tokens', 'size_bias', 'sized_attention', 'SIMILARITIES', 'ORPHAN_RULES',
+]

@@ -1,0 +1,193 @@
+"""Builders of reduction matrices: Token Transforming (eq. 3-6, 8), pruning, EViT and ToMe.
+
+All take tokens without prefix (class/distillation/register) tokens; the caller keeps those.
+``sizes: [B, N]`` gives the number of original tokens each input token already stands for
+(after an earlier reduction); ``None`` means one each.
+"""
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ._checks import check_choice, check_kappa, check_num_keep, check_tau, check_tensor
+from .token_matrix import DENSE, GATHER, SCATTER, TokenMatrix
+
+SIMILARITIES = ('cosine', 'euclidean')
+ORPHAN_RULES = ('spread', 'nearest')
+
+
+def _work_dtype(x: Tensor) -> torch.dtype:
+    # Coefficients are built in float32 at least: exp(GSim * tau) with tau up to 250 must not
+    # be formed in half precision, and the softmax below never forms it unshifted anyway.
+    return torch.promote_types(x.dtype, torch.float32)
+
+
+def _check_sizes(sizes: Optional[Tensor], x: Tensor) -> None:
+    if sizes is not None:
+        check_tensor('sizes', sizes, 2, x.shape[:2])
+
+
+def similarity(queries: Tensor, x: Tensor, kind: str = 'cosine') -> Tensor:
+    """Similarity of each query to each token: ``[B, M, N]`` in ``[-1, 1]``.
+
+    Args:
+        queries: ``[B, M, C]``.
+        x: ``[B, N, C]``.
+        kind: ``'cosine'`` (eq. 4) or ``'euclidean'``: ``1 - |a - b|^2 / (|a|^2 + |b|^2)``,
+            one minus a scale-free squared L2 distance (Table 8's alternative), which equals
+            the cosine for tokens of equal norm, so the same kappa applies.
+    """
+    check_choice('similarity', kind, SIMILARITIES)
+    work = _work_dtype(x)
+    queries, x = queries.to(work), x.to(work)
+    if kind == 'cosine':
+        return F.normalize(queries, dim=-1) @ F.normalize(x, dim=-1).transpose(1, 2)
+    sq_q = queries.pow(2).sum(-1)[:, :, None]
+    sq_x = x.pow(2).sum(-1)[:, None, :]
+    return 2 * (queries @ x.transpose(1, 2)) / (sq_q + sq_x).clamp_min(torch.finfo(work).tiny)
+
+
+def transform_matrix(x: Tensor, scores: Tensor, num_keep: int, kappa: float, tau: float,
+                     sizes: Optional[Tensor] = None, *, similarity_kind: str = 'cosine',
+                     orphans: str = 'spread') -> Tuple[Tensor, Tensor]:
+    """Token Transforming's many-to-many matrix, eq. 3-6 and 8.
+
+    1. The ``num_keep`` tokens of highest ``scores`` are the informative tokens (queries).
+    2. ``GSim = sim`` where ``sim >= kappa`` else 0 (eq. 3-4).
+    3. ``m = softmax(GSim * tau)`` over the M informative tokens of each column (eq. 5).
+    4. ``s_i = sum_j m_ij`` (eq. 8) and ``W_ij = m_ij / s_i`` (eq. 6).
+
+    With ``sizes``, token j stands for ``sizes_j`` originals, and W and s are what the paper's
+    formulas give for the expanded set where token j is repeated ``sizes_j`` times (the
+    selection aside): ``s_i = sum_j m_ij sizes_j`` and ``W_ij = m_ij sizes_j / s_i``. So Y stays
+    a weighted mean over original tokens and ``s`` keeps counting originals across several
+    reductions. With ``sizes=None`` this is exactly the paper's eq. 6 and 8.
+
+    Args:
+        x: tokens ``[B, N, C]`` (the hidden states compared by eq. 4).
+        scores: ``[B, N]``; higher is more informative (e.g. :func:`informative_scores`).
+        num_keep: M, in ``[1, N]``.
+        kappa: similarity gate in ``[-1, 1]``.
+        tau: softmax temperature, > 0.
+        sizes: ``[B, N]`` or None.
+        similarity_kind: ``'cosine'`` (paper) or ``'euclidean'``.
+        orphans: what a column whose similarities are all below kappa does. ``'spread'``
+            (the paper's formulas): its GSim are all 0, so its softmax is uniform and it is
+            spread over all M rows. ``'nearest'``: it goes wholly to its most similar query.
+
+    Returns:
+        ``(W [B, M, N] in x's dtype, s [B, M] in float32 or wider)``; rows are in
+        decreasing score order.
+    """
+    check_tensor('x', x, 3)
+    check_tensor('scores', scores, 2, x.shape[:2])
+    _check_sizes(sizes, x)
+    check_num_keep(num_keep, x.shape[1])
+    check_kappa(kappa)
+    check_tau(tau)
+    check_choice('orphans', orphans, ORPHAN_RULES)
+    keep = scores.topk(num_keep, dim=1).indices
+    queries = x.gather(1, keep[..., None].expand(-1, -1, x.shape[-1]))
+    return _matrix_from_queries(x, queries, kappa, tau, sizes, similarity_kind, orphans)
+
+
+def _matrix_from_queries(x: Tensor, queries: Tensor, kappa: float, tau: float,
+                         sizes: Optional[Tensor], similarity_kind: str,
+                         orphans: str) -> Tuple[Tensor, Tensor]:
+    sim = similarity(queries, x, similarity_kind)
+    gated = sim.masked_fill(sim < kappa, 0.0)
+    # softmax subtracts the column max first: exp never sees more than 0.
+    m = (gated * tau).softmax(dim=1)
+    if orphans == 'nearest':
+        orphan = (sim < kappa).all(dim=1, keepdim=True)
+        nearest = F.one_hot(sim.argmax(dim=1), queries.shape[1]).transpose(1, 2).to(m.dtype)
+        m = torch.where(orphan, nearest, m)
+    mass = m if sizes is None else m * sizes[:, None, :].to(m.dtype)
+    s = mass.sum(dim=-1)
+    return (mass / s[..., None]).to(x.dtype), s
+
+
+def transform_token_matrix(x: Tensor, scores: Tensor, num_keep: int, kappa: float, tau: float,
+                           sizes: Optional[Tensor] = None, **kwargs) -> TokenMatrix:
+    """:func:`transform_matrix` as a dense :class:`TokenMatrix`."""
+    w, s = transform_matrix(x, scores, num_keep, kappa, tau, sizes, **kwargs)
+    return TokenMatrix(DENSE, x.shape[1], num_keep, s, weight=w)
+
+
+def prune_matrix(scores: Tensor, num_keep: int, sizes: Optional[Tensor] = None) -> TokenMatrix:
+    """Pruning: keep the ``num_keep`` highest-scoring tokens (one-hot rows of W).
+
+    A kept token keeps its own size; what the dropped tokens stood for is lost.
+    """
+    check_tensor('scores', scores, 2)
+    _check_sizes(sizes, scores[..., None])
+    check_num_keep(num_keep, scores.shape[1])
+    keep = scores.topk(num_keep, dim=1).indices
+    kept_sizes = (torch.ones_like(scores, dtype=_work_dtype(scores)) if sizes is None
+                  else sizes).gather(1, keep)
+    return TokenMatrix(GATHER, scores.shape[1], num_keep, kept_sizes, index=keep)
+
+
+def _block_matrix(dest: Tensor, num_out: int, mass: Tensor) -> TokenMatrix:
+    # Column j goes to row dest[j] with weight mass_j / (total mass of its row): each row
+    # is a weighted mean of its columns. Sizes are the row totals of the original sizes.
+    totals = mass.new_zeros(mass.shape[0], num_out).scatter_add_(1, dest, mass)
+    weight = mass / totals.gather(1, dest)
+    return TokenMatrix(SCATTER, dest.shape[1], num_out, totals, index=dest, weight=weight)
+
+
+def evit_matrix(cls_scores: Tensor, num_keep: int, sizes: Optional[Tensor] = None) -> TokenMatrix:
+    """EViT-style fusion: keep the ``num_keep - 1`` tokens most attended by the class token and
+    fuse all the others into one token, weighted by their class attention (and sizes).
+
+    Row order: kept tokens by decreasing score, then the fused token.
+    """
+    check_tensor('cls_scores', cls_scores, 2)
+    _check_sizes(sizes, cls_scores[..., None])
+    n = cls_scores.shape[1]
+    check_num_keep(num_keep, n, minimum=2)
+    work = _work_dtype(cls_scores)
+    order = cls_scores.argsort(dim=1, descending=True)
+    rank_to_row = torch.arange(n, device=cls_scores.device).clamp_max(num_keep - 1)
+    dest = torch.empty_like(order).scatter_(1, order, rank_to_row.expand_as(order))
+    token_sizes = torch.ones_like(cls_scores, dtype=work) if sizes is None else sizes.to(work)
+    fused = dest == num_keep - 1
+    # Kept tokens are alone in their row (any positive mass gives weight 1); fused ones
+    # are weighted by attention times size.
+    mass = torch.where(fused, cls_scores.to(work).clamp_min(torch.finfo(work).tiny) * token_sizes,
+                       torch.ones_like(token_sizes))
+    block = _block_matrix(dest, num_keep, mass)
+    block.sizes = token_sizes.new_zeros(block.sizes.shape).scatter_add_(1, dest, token_sizes)
+    return block
+
+
+def tome_matrix(metric: Tensor, num_keep: int, sizes: Optional[Tensor] = None) -> TokenMatrix:
+    """ToMe bipartite soft matching: tokens alternate between sets A and B; the ``N - num_keep``
+    A tokens with the most similar B partner (cosine of ``metric``) are averaged into it,
+    weighted by size.
+
+    Row order: the unmerged A tokens, then all B tokens.
+    """
+    check_tensor('metric', metric, 3)
+    _check_sizes(sizes, metric)
+    batch, n, _ = metric.shape
+    num_a, num_b = (n + 1) // 2, n // 2
+    r = n - num_keep
+    check_num_keep(num_keep, n, minimum=n - num_a)
+    work = _work_dtype(metric)
+    unit = F.normalize(metric.to(work), dim=-1)
+    sim = unit[:, 0::2] @ unit[:, 1::2].transpose(1, 2)          # [B, num_a, num_b]
+    best, partner = sim.max(dim=-1)
+    rank = torch.empty_like(partner).scatter_(
+        1, best.argsort(dim=-1, descending=True), torch.arange(num_a, device=metric.device).expand(batch, -1))
+    merged = rank < r
+    # Unmerged A tokens keep their original order in rows 0 .. num_a - r - 1, as in ToMe;
+    # a merged one goes to its partner's row among the B rows that follow.
+    unmerged_row = (~merged).cumsum(dim=1) - 1
+    row_of_a = torch.where(merged, num_a - r + partner, unmerged_row)
+    row_of_b = (num_a - r + torch.arange(num_b, device=metric.device)).expand(batch, -1)
+    dest = torch.empty(batch, n, dtype=torch.long, device=metric.device)
+    dest[:, 0::2], dest[:, 1::2] = row_of_a, row_of_b
+    mass = torch.ones(batch, n, dtype=work, device=metric.device) if sizes is None else sizes.to(work)
+    return _block_matrix(dest, num_keep, mass)

@@ -1,0 +1,90 @@
+"""Informative-token scores (eq. 2) and attention that yields them without an N x N tensor."""
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from ._checks import check_tensor
+
+# Elements of one [B, heads, rows, N] logits block in attention_with_scores (64 MiB in float32).
+_CHUNK_ELEMENTS = 1 << 24
+
+
+def informative_scores(attn: Tensor) -> Tensor:
+    """Eq. 2: ``H_j = sum_i A_ij``, averaged over heads.
+
+    Args:
+        attn: attention probabilities, ``[B, heads, N, N]`` (rows sum to 1).
+
+    Returns:
+        ``[B, N]``: how much attention each token receives from all tokens.
+    """
+    check_tensor('attn', attn, 4)
+    if attn.shape[-1] != attn.shape[-2]:
+        raise ValueError(f'attn must be square in its last two dims, got shape {tuple(attn.shape)}')
+    return attn.sum(dim=2).mean(dim=1)
+
+
+def class_token_scores(attn: Tensor) -> Tensor:
+    """Attention from the class token (row 0) to every token, averaged over heads: ``[B, N]``.
+
+    The selection criterion of EViT and of Table 8's "class token attention" row.
+    """
+    check_tensor('attn', attn, 4)
+    return attn[:, :, 0].mean(dim=1)
+
+
+def attention_with_scores(q: Tensor, k: Tensor, v: Tensor, attn_bias: Optional[Tensor] = None,
+                          chunk_rows: Optional[int] = None) -> Tuple[Tensor, Tensor, Tensor]:
+    """Softmax attention that also returns the informative and the class-token scores.
+
+    Rows of the attention map are computed in blocks, so no ``[B, heads, N, N]`` tensor is
+    kept: each block is used for its output rows and its contribution to the column sums,
+    then freed. The softmax runs in float32 at least, so float16/bfloat16 inputs are safe.
+
+    Args:
+        q, k, v: ``[B, heads, N, d]``.
+        attn_bias: additive logits bias broadcastable to ``[B, heads, N, N]``, e.g. ``log s``
+            as ``[B, 1, 1, N]`` (eq. 7).
+        chunk_rows: query rows per block; by default about 2**24 logits per block.
+
+    Returns:
+        ``(out [B, heads, N, d], informative_scores [B, N], class_token_scores [B, N])``,
+        equal to ``A @ v``, :func:`informative_scores` and :func:`class_token_scores` of the
+        full attention map ``A``.
+    """
+    check_tensor('q', q, 4)
+    check_tensor('k', k, 4, q.shape)
+    check_tensor('v', v, 4, q.shape[:3])
+    batch, heads, n, d = q.shape
+    rows = chunk_rows or max(1, _CHUNK_ELEMENTS // max(1, batch * heads * n))
+    work = torch.promote_types(q.dtype, torch.float32)
+    k_t = k.transpose(-2, -1)
+    scale = d ** -0.5
+    outs = []
+    col_sums = q.new_zeros(batch, heads, n, dtype=work)
+    for start in range(0, n, rows):
+        logits = (q[:, :, start:start + rows] @ k_t).to(work) * scale
+        if attn_bias is not None:
+            bias = attn_bias if attn_bias.shape[-2] == 1 else attn_bias[..., start:start + rows, :]
+            logits = logits + bias.to(work)
+        probs = logits.softmax(dim=-1)
+        if start == 0:
+            cls_scores = probs[:, :, 0].mean(dim=1)
+        col_sums += probs.sum(dim=2)
+        outs.append(probs.to(v.dtype) @ v)
+    return torch.cat(outs, dim=2), col_sums.mean(dim=1), cls_scores
+
+
+def uniform_scores(batch: int, num_tokens: int, num_keep: int, device=None) -> Tensor:
+    """Scores whose top-``num_keep`` are evenly spaced positions: ``[B, N]``.
+
+    Table 8's "Uniform" criterion expressed as a subset of tokens (the paper's Hourglass
+    reference pools a grid instead; after a first reduction tokens no longer form a grid).
+    """
+    picks = torch.linspace(0, num_tokens - 1, num_keep, device=device).round().long()
+    scores = torch.zeros(num_tokens, device=device)
+    scores[picks] = 1.0
+    # Ties among the zeros cannot outrank the picks; the small ramp keeps topk deterministic.
+    scores += torch.linspace(0, 1e-3, num_tokens, device=device).flip(0)
+    return scores.expand(batch, num_tokens)

@@ -1,0 +1,68 @@
+"""``Y = W X`` (eq. 1) with W stored in the cheapest form its structure allows."""
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from ._checks import check_tensor
+
+GATHER, SCATTER, DENSE = 'gather', 'scatter', 'dense'
+
+
+@dataclass
+class TokenMatrix:
+    """A token-reduction matrix ``W: [B, M, N]`` and the sizes of the M output tokens.
+
+    Every reduction method is a way of building one of these; :meth:`apply` is the one
+    routine that applies them, using the cheap path for each form:
+
+    - ``gather`` (pruning, one-hot rows): ``index[b, i]`` is the column kept as row ``i``;
+      ``Y = X[index]``.
+    - ``scatter`` (merging, one non-zero per column): column ``j`` goes to row ``index[b, j]``
+      with coefficient ``weight[b, j]``; ``Y = scatter_add(weight * X)``.
+    - ``dense`` (Token Transforming, many-to-many): ``weight`` is W itself; ``Y = W @ X``.
+
+    Attributes:
+        kind: ``'gather'``, ``'scatter'`` or ``'dense'``.
+        num_in: N, tokens before the reduction.
+        num_out: M, tokens after it.
+        sizes: ``[B, M]``, how many original tokens each output token stands for (``s`` of
+            eq. 7-8); the attention of the following layers adds ``log sizes`` to its logits.
+        index: ``[B, M]`` (gather) or ``[B, N]`` (scatter); None for dense.
+        weight: ``[B, N]`` (scatter) or ``[B, M, N]`` (dense); None for gather.
+    """
+    kind: str
+    num_in: int
+    num_out: int
+    sizes: Tensor
+    index: Optional[Tensor] = None
+    weight: Optional[Tensor] = None
+
+    def apply(self, x: Tensor) -> Tensor:
+        """``Y = W X`` for ``x: [B, N, C]``; returns ``[B, M, C]`` in ``x``'s dtype."""
+        check_tensor('x', x, 3, (self.sizes.shape[0], self.num_in, None))
+        channels = x.shape[-1]
+        if self.kind == GATHER:
+            return x.gather(1, self.index[..., None].expand(-1, -1, channels))
+        if self.kind == SCATTER:
+            out = x.new_zeros(x.shape[0], self.num_out, channels)
+            src = x * self.weight[..., None].to(x.dtype)
+            return out.scatter_add_(1, self.index[..., None].expand(-1, -1, channels), src)
+        return torch.bmm(self.weight.to(x.dtype), x)
+
+    def dense(self) -> Tensor:
+        """W as an explicit ``[B, M, N]`` tensor (for inspection, tests and plots)."""
+        if self.kind == DENSE:
+            return self.weight
+        batch = self.sizes.shape[0]
+        w = self.sizes.new_zeros(batch, self.num_out, self.num_in)
+        if self.kind == GATHER:
+            return w.scatter_(2, self.index[..., None], 1.0)
+        return w.scatter_(1, self.index[:, None, :], self.weight[:, None, :].to(w.dtype))
+
+    def assignment(self) -> Tensor:
+        """``[B, N]``: for each input token, the output row holding most of its weight."""
+        if self.kind == SCATTER:
+            return self.index
+        return self.dense().argmax(dim=1)

@@ -1,0 +1,222 @@
+"""The pure tensor functions against the paper's equations, invariants, and bad input."""
+import pytest
+import torch
+
+import reference as ref
+from mmtt import functional as TF
+
+
+def random_attention(b, h, n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, h, n, n, generator=g, dtype=torch.float64).softmax(dim=-1)
+
+
+def clustered_tokens(b, n, c, seed=0, dtype=torch.float64):
+    """Tokens around a few directions, so gated similarities are neither all 0 nor all 1."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(b, 4, c, generator=g, dtype=torch.float64)
+    pick = torch.randint(0, 4, (b, n), generator=g)
+    x = centres.gather(1, pick[..., None].expand(-1, -1, c))
+    return (x + 0.6 * torch.randn(b, n, c, generator=g, dtype=torch.float64)).to(dtype)
+
+
+def test_informative_scores_match_eq2():
+    attn = random_attention(2, 3, 7)
+    assert torch.allclose(TF.informative_scores(attn), ref.informative_scores(attn), atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize('kappa,tau', [(0.55, 150.0), (0.3, 20.0), (-1.0, 1.0), (0.9, 250.0)])
+def test_transform_matrix_matches_eq3_to_8(kappa, tau):
+    x = clustered_tokens(2, 12, 5)
+    scores = torch.rand(2, 12, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    w, s = TF.transform_matrix(x, scores, 5, kappa, tau)
+    assert w.shape == (2, 5, 12) and s.shape == (2, 5)
+    for b in range(2):
+        w_ref, s_ref, _ = ref.transform_matrix(x[b], scores[b], 5, kappa, tau)
+        assert torch.allclose(w[b], w_ref, atol=1e-10, rtol=0)
+        assert torch.allclose(s[b], s_ref, atol=1e-10, rtol=1e-12)
+
+
+def test_transform_with_sizes_equals_paper_on_expanded_tokens():
+    """Documented meaning of sizes: token j counts as sizes_j identical originals."""
+    x = clustered_tokens(1, 6, 4, seed=3)
+    scores = torch.arange(6, dtype=torch.float64)[None]
+    sizes = torch.tensor([[1.0, 3.0, 2.0, 1.0, 4.0, 2.0]], dtype=torch.float64)
+    w, s = TF.transform_matrix(x, scores, 3, 0.2, 10.0, sizes)
+    reps = sizes[0].long()
+    x_big = x[0].repeat_interleave(reps, dim=0)
+    # The same three queries (tokens 5, 4, 3): only the first copy of a token may be chosen.
+    first_copy = torch.zeros(int(reps.sum()), dtype=torch.bool)
+    first_copy[torch.cat([torch.zeros(1, dtype=torch.long), reps.cumsum(0)[:-1]])] = True
+    scores_big = torch.where(first_copy, scores[0].repeat_interleave(reps), -1e9)
+    w_big, s_big, _ = ref.transform_matrix(x_big, scores_big, 3, 0.2, 10.0)
+    owner = torch.arange(6).repeat_interleave(reps)
+    w_folded = torch.zeros(3, 6, dtype=torch.float64).index_add_(1, owner, w_big)
+    assert torch.allclose(w[0], w_folded, atol=1e-10)
+    assert torch.allclose(s[0], s_big, atol=1e-10)
+
+
+def test_rows_of_w_sum_to_one_and_s_is_column_softmax_mass():
+    x = clustered_tokens(3, 20, 8)
+    scores = torch.rand(3, 20, dtype=torch.float64)
+    w, s = TF.transform_matrix(x, scores, 7, 0.5, 150.0)
+    assert torch.allclose(w.sum(-1), torch.ones(3, 7, dtype=torch.float64), atol=1e-12)
+    keep = scores.topk(7, dim=1).indices
+    q = x.gather(1, keep[..., None].expand(-1, -1, 8))
+    sim = torch.nn.functional.cosine_similarity(q[:, :, None], x[:, None], dim=-1)
+    m = (torch.where(sim >= 0.5, sim, 0.0) * 150.0).softmax(dim=1)
+    assert torch.allclose(s, m.sum(-1), atol=1e-10)
+    assert torch.allclose(m.sum(1), torch.ones(3, 20, dtype=torch.float64))
+
+
+def test_very_large_tau_gives_hard_assignment():
+    x = clustered_tokens(2, 16, 6)
+    scores = torch.rand(2, 16, dtype=torch.float64)
+    w, _ = TF.transform_matrix(x, scores, 4, -1.0, 1e6)
+    nonzero_per_column = (w > 1e-12).sum(dim=1)
+    assert (nonzero_per_column == 1).all()
+
+
+def test_kappa_above_every_similarity_gives_finite_output():
+    x = clustered_tokens(2, 10, 4)
+    w, s = TF.transform_matrix(x, torch.rand(2, 10, dtype=torch.float64), 3, 1.0, 250.0)
+    assert torch.isfinite(w).all() and torch.isfinite(s).all()
+    # every GSim is 0 (self-similarity rounds below 1 or not): columns spread uniformly
+    assert torch.allclose(s.sum(-1), torch.full((2,), 10.0, dtype=torch.float64))
+
+
+def test_orphans_nearest_sends_gated_out_columns_to_one_row():
+    x = clustered_tokens(1, 30, 6, seed=5)
+    scores = torch.rand(1, 30, dtype=torch.float64)
+    w, _ = TF.transform_matrix(x, scores, 4, 0.8, 150.0, orphans='nearest')
+    keep = scores.topk(4).indices
+    sim = TF.similarity(x.gather(1, keep[..., None].expand(-1, -1, 6)), x)
+    orphan = (sim < 0.8).all(dim=1)[0]
+    assert orphan.any()
+    assert ((w[0][:, orphan] > 0).sum(0) == 1).all()
+
+
+def test_euclidean_similarity_equals_cosine_for_equal_norms():
+    x = torch.nn.functional.normalize(torch.randn(2, 9, 5, dtype=torch.float64), dim=-1) * 3
+    assert torch.allclose(TF.similarity(x, x, 'euclidean'), TF.similarity(x, x, 'cosine'), atol=1e-12)
+    y = torch.randn(2, 9, 5, dtype=torch.float64)
+    e = TF.similarity(y[:, :3], y, 'euclidean')
+    d2 = torch.cdist(y[:, :3], y).pow(2)
+    n2 = y[:, :3].pow(2).sum(-1)[..., None] + y.pow(2).sum(-1)[:, None]
+    assert torch.allclose(e, 1 - d2 / n2, atol=1e-12)
+
+
+def test_attention_with_scores_matches_explicit_attention():
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 11, 4, generator=g, dtype=torch.float64) for _ in range(3))
+    sizes = torch.rand(2, 11, generator=g, dtype=torch.float64) * 3 + 0.5
+    bias = TF.size_bias(sizes, q.dtype)
+    attn = (q @ k.transpose(-2, -1) / 2.0 + sizes.log()[:, None, None]).softmax(-1)
+    out, scores, cls = TF.attention_with_scores(q, k, v, bias, chunk_rows=4)
+    assert torch.allclose(out, attn @ v, atol=1e-12)
+    assert torch.allclose(scores, ref.informative_scores(attn), atol=1e-10)
+    assert torch.allclose(cls, TF.class_token_scores(attn), atol=1e-12)
+    assert torch.allclose(TF.sized_attention(q, k, v, sizes), attn @ v, atol=1e-12)
+
+
+@pytest.mark.parametrize('kind', ['prune', 'evit', 'tome', 'transform'])
+def test_cheap_apply_equals_dense_matrix_product(kind):
+    x = clustered_tokens(2, 14, 6)
+    scores = torch.rand(2, 14, dtype=torch.float64)
+    sizes = torch.randint(1, 4, (2, 14)).double()
+    matrix = {'prune': lambda: TF.prune_matrix(scores, 9, sizes),
+              'evit': lambda: TF.evit_matrix(scores, 9, sizes),
+              'tome': lambda: TF.tome_matrix(x, 9, sizes),
+              'transform': lambda: TF.transform_token_matrix(x, scores, 9, 0.5, 150.0, sizes)}[kind]()
+    w = matrix.dense()
+    assert w.shape == (2, 9, 14)
+    assert torch.allclose(matrix.apply(x), w @ x, atol=1e-12)
+    if kind == 'prune':
+        assert set(w.unique().tolist()) == {0.0, 1.0} and (w.sum(-1) == 1).all()
+        assert (w.sum(1) <= 1).all()
+    else:
+        assert torch.allclose(w.sum(-1), torch.ones(2, 9, dtype=torch.float64), atol=1e-12)
+    if kind in ('evit', 'tome'):
+        assert ((w > 0).sum(dim=1) == 1).all()   # merging: one non-zero per column
+        assert torch.allclose(matrix.sizes.sum(-1), sizes.sum(-1))
+
+
+def test_tome_matches_bipartite_matching_reference():
+    x = clustered_tokens(2, 13, 5, seed=4)
+    for b in range(2):
+        matrix = TF.tome_matrix(x[b:b + 1], 8)
+        tokens, sizes = ref.tome_merge(x[b], x[b], 13 - 8)
+        assert torch.allclose(matrix.apply(x[b:b + 1])[0], tokens, atol=1e-12)
+        assert torch.equal(matrix.sizes[0], sizes)
+
+
+def test_evit_keeps_top_attended_and_fuses_the_rest():
+    x = torch.randn(1, 8, 3, dtype=torch.float64)
+    cls = torch.tensor([[0.1, 0.5, 0.05, 0.2, 0.01, 0.04, 0.06, 0.04]], dtype=torch.float64)
+    y = TF.evit_matrix(cls, 4, None).apply(x)[0]
+    assert torch.equal(y[:3], x[0, [1, 3, 0]])
+    rest = [2, 4, 5, 6, 7]
+    fused = (cls[0, rest, None] * x[0, rest]).sum(0) / cls[0, rest].sum()
+    assert torch.allclose(y[3], fused, atol=1e-12)
+
+
+def test_nearest_recovery_matches_eq9_and_composes():
+    x = torch.randn(2, 15, 4, dtype=torch.float64)
+    y = torch.randn(2, 6, 4, dtype=torch.float64)
+    index = TF.nearest_recovery_index(x, y)
+    for b in range(2):
+        assert torch.equal(index[b], ref.nearest_index(x[b], y[b]))
+    z = torch.randn(2, 3, 4, dtype=torch.float64)
+    second = TF.nearest_recovery_index(y, z)
+    both = TF.compose_recovery_index(index, second)
+    assert both.shape == (2, 15)
+    assert torch.equal(TF.recover_tokens(z, both), TF.recover_tokens(TF.recover_tokens(z, second), index))
+
+
+def test_uniform_scores_pick_evenly_spaced_tokens():
+    picks = TF.uniform_scores(2, 10, 4).topk(4, dim=1).indices.sort(dim=1).values
+    assert picks.tolist() == [[0, 3, 6, 9]] * 2
+
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+def test_half_precision_is_finite_up_to_tau_250(dtype):
+    x = clustered_tokens(2, 40, 16, dtype=dtype) * 50   # large activations too
+    scores = torch.rand(2, 40)
+    w, s = TF.transform_matrix(x, scores, 12, 0.55, 250.0)
+    assert w.dtype == dtype and torch.isfinite(w).all() and torch.isfinite(s).all()
+    w32, _ = TF.transform_matrix(x.float(), scores, 12, 0.55, 250.0)
+    assert torch.allclose(w.float(), w32, atol=2e-2)
+    q, k, v = (torch.randn(1, 2, 40, 8).to(dtype) * 30 for _ in range(3))
+    out, sc, _ = TF.attention_with_scores(q, k, v, TF.size_bias(s.new_ones(1, 40) * 3, dtype))
+    assert torch.isfinite(out).all() and torch.isfinite(sc).all()
+
+
+def test_gradients_reach_the_input():
+    x = clustered_tokens(2, 12, 6).requires_grad_()
+    w, s = TF.transform_matrix(x, torch.rand(2, 12, dtype=torch.float64), 5, 0.3, 20.0)
+    ((w @ x).pow(2).sum() + s.sum()).backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize('call,needle', [
+    (lambda x, s: TF.transform_matrix(x, s, 13, 0.5, 150.0), 'num_keep=13'),
+    (lambda x, s: TF.transform_matrix(x, s, 0, 0.5, 150.0), 'num_keep=0'),
+    (lambda x, s: TF.transform_matrix(x, s, 4, 1.5, 150.0), 'kappa=1.5'),
+    (lambda x, s: TF.transform_matrix(x, s, 4, -1.2, 150.0), 'kappa=-1.2'),
+    (lambda x, s: TF.transform_matrix(x, s, 4, 0.5, 0.0), 'tau=0.0'),
+    (lambda x, s: TF.transform_matrix(x, s, 4, 0.5, -3), 'tau=-3'),
+    (lambda x, s: TF.transform_matrix(x[0], s, 4, 0.5, 150.0), 'x must have 3 dims'),
+    (lambda x, s: TF.transform_matrix(x, s[:1], 4, 0.5, 150.0), 'scores has size 1 in dim 0'),
+    (lambda x, s: TF.transform_matrix(x, s[:, :5], 4, 0.5, 150.0), 'scores has size 5 in dim 1'),
+    (lambda x, s: TF.transform_matrix(x, s, 4, 0.5, 150.0, s[:, :3]), 'sizes has size 3'),
+    (lambda x, s: TF.transform_matrix(x, s, 4, 0.5, 150.0, similarity_kind='dot'), "similarity='dot'"),
+    (lambda x, s: TF.informative_scores(x), 'attn must have 4 dims'),
+    (lambda x, s: TF.nearest_recovery_index(x, x[:, :, :2]), 'y has size 2 in dim 2'),
+    (lambda x, s: TF.tome_matrix(x, 5), 'num_keep=5 must be in [6, 12]'),
+    (lambda x, s: TF.evit_matrix(s, 1), 'num_keep=1 must be in [2, 12]'),
+])
+def test_bad_input_names_the_parameter(call, needle):
+    x, s = torch.randn(2, 12, 4), torch.rand(2, 12)
+    with pytest.raises(ValueError, match=None) as info:
+        call(x, s)
+    assert needle in str(info.value)

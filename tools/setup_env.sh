@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Creates .venv/ with the pinned OpenMMLab stack mmtt is tested against.
+#
+# Idempotent: when nothing it depends on changed, a second run only checks a stamp.
+# mmcv 2.1.0 has no wheel for torch 2.13, so it is built once from the sdist and the
+# wheel is cached outside the repository ($MMTT_CACHE, default ~/.cache/mmtt).
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+venv=${MMTT_VENV:-$root/.venv}
+cache=${MMTT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mmtt}
+py=$venv/bin/python
+stamp=$venv/.mmtt-setup
+
+# Everything that changes what gets installed goes into the stamp.
+want=$(cat tools/setup_env.sh setup.py tools/torchvision_cpu_ops.py | sha1sum | cut -c1-16)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$py" -c "import mmtt" 2>/dev/null; then
+  echo "setup: .venv is up to date"
+  exit 0
+fi
+
+log() { printf '\n== setup: %s\n' "$*"; }
+[ -x "$py" ] || { log "creating $venv"; python3 -m venv "$venv"; }
+export PATH=$venv/bin:$PATH   # ninja must be found by torch's extension builder
+pip() { "$py" -m pip "$@"; }
+
+cons=$venv/constraints.txt
+cat > "$cons" <<'PINS'
+torch==2.13.0
+torchvision==0.28.0
+numpy<2
+setuptools<81
+mmengine==0.10.7
+mmcv==2.1.0
+mmsegmentation==1.2.2
+mmdet==3.3.0
+timm==1.0.31
+PINS
+
+log "build tools"
+# setuptools<81: mmcv's setup.py and mmengine's get_installed_path need pkg_resources.
+pip install -q -c "$cons" "setuptools<81" wheel ninja "numpy<2"
+log "torch"
+pip install -q -c "$cons" torch==2.13.0
+# torchvision's requirements would re-resolve torch; the pin above is the pair.
+pip install -q --no-deps torchvision==0.28.0
+log "mmengine"
+pip install -q -c "$cons" mmengine==0.10.7
+
+if ! "$py" -c "import mmcv.ops" 2>/dev/null; then
+  variant=$("$py" -c "import torch; print('torch' + torch.__version__.replace('+', '-') + ('-cu' + torch.version.cuda if torch.version.cuda else ''))")
+  wheels=$cache/mmcv-2.1.0-$variant
+  mkdir -p "$wheels"
+  if ! ls "$wheels"/mmcv-2.1.0-*.whl >/dev/null 2>&1; then
+    log "building mmcv 2.1.0 with ops for $variant (about 12 minutes on 2 cores, once per machine)"
+    src=$(mktemp -d)
+    # No build isolation: an isolated build env gets a setuptools without pkg_resources.
+    pip download -q --no-deps --no-build-isolation --no-binary :all: mmcv==2.1.0 -d "$src"
+    # A CPU torch builds the CPU ops only; a CUDA torch builds the CUDA ops as well.
+    force_cuda=$("$py" -c "import torch; print(int(torch.version.cuda is not None))")
+    MMCV_WITH_OPS=1 FORCE_CUDA=$force_cuda MAX_JOBS=${MAX_JOBS:-$(nproc)} \
+      pip wheel -q --no-build-isolation --no-deps "$src"/mmcv-2.1.0.tar.gz -w "$src/out"
+    mv "$src"/out/mmcv-2.1.0-*.whl "$wheels"/
+    rm -rf "$src"
+  fi
+  log "mmcv from $wheels"
+  pip install -q -c "$cons" "$wheels"/mmcv-2.1.0-*.whl
+fi
+
+log "mmsegmentation, mmdet, timm and test tools"
+pip install -q -c "$cons" mmsegmentation==1.2.2 mmdet==3.3.0 timm==1.0.31 ftfy regex \
+  pytest tqdm
+log "mmtt (editable)"
+pip install -q --no-deps --no-build-isolation -e .
+
+# A CPU build of torch cannot load torchvision's CUDA-linked _C extension, and
+# `import torchvision` (hence timm and mmseg.models) then fails. Only in that case
+# install a start-up hook that supplies pure-PyTorch CPU versions of its ops.
+site=$("$py" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+rm -f "$site/mmtt-torchvision-cpu.pth"
+if ! "$py" -c "import torchvision" 2>/dev/null; then
+  log "torchvision's native ops cannot load with this torch: installing the CPU ops hook"
+  hook=$root/tools/torchvision_cpu_ops.py
+  echo "import importlib.util as u; s = u.spec_from_file_location('_mmtt_tv_cpu_ops', '$hook'); m = u.module_from_spec(s); s.loader.exec_module(m); m.install()" \
+    > "$site/mmtt-torchvision-cpu.pth"
+fi
+
+log "check"
+"$py" - <<'PY'
+import torch, torchvision, mmengine, mmcv, mmcv.ops, mmseg, mmdet, timm, mmtt
+import mmseg.models, mmdet.models  # noqa: F401  (these import torchvision and timm)
+print(f'torch {torch.__version__}, torchvision {torchvision.__version__}, mmengine {mmengine.__version__}, '
+      f'mmcv {mmcv.__version__}, mmseg {mmseg.__version__}, mmdet {mmdet.__version__}, timm {timm.__version__}, '
+      f'mmtt {mmtt.__version__}')
+PY
+echo "$want" > "$stamp"
+echo "setup: done"
