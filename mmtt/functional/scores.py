@@ -56,7 +56,7 @@ def attention_with_scores(q: Tensor, k: Tensor, v: Tensor, attn_bias: Optional[T
     check_tensor('q', q, 4)
     check_tensor('k', k, 4, q.shape)
     check_tensor('v', v, 4, q.shape[:3])
-    batch, heads, n, d = q.shape
+    batch, heads, n, d = (int(v) for v in q.shape)
     rows = chunk_rows or max(1, _CHUNK_ELEMENTS // max(1, batch * heads * n))
     work = torch.promote_types(q.dtype, torch.float32)
     k_t = k.transpose(-2, -1)

@@ -84,6 +84,7 @@ class TokenTransform(nn.Module):
 
     def num_keep(self, num_tokens: int) -> int:
         """Tokens kept out of ``num_tokens`` reducible ones."""
+        num_tokens = int(num_tokens)  # a 0-dim tensor under jit tracing (FLOP counting)
         floor = 2 if self.method == 'evit' else num_tokens // 2 if self.method == 'tome' else 1
         return min(num_tokens, max(floor, round(self.keep_ratio * num_tokens)))
 
@@ -99,7 +100,7 @@ class TokenTransform(nn.Module):
             metric: ``[B, N, C']`` features compared for similarity; defaults to ``x``.
         """
         check_tensor('x', x, 3)
-        batch, n, _ = x.shape
+        batch, n = int(x.shape[0]), int(x.shape[1])
         if sizes is not None:
             check_tensor('sizes', sizes, 2, (batch, n))
         if not 0 <= num_prefix < n:
