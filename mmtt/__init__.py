@@ -3,7 +3,13 @@
 ``custom_imports = dict(imports=['mmtt'])`` registers :class:`TokenTransform` and
 :class:`TokenRecovery` in MMEngine's root ``MODELS`` registry.
 """
+from importlib.util import find_spec
+
 from .modules import Reduction, TokenRecovery, TokenTransform
 from .version import __version__
+
+# Host backbones register into their libraries' registries when those are installed.
+if find_spec('mmseg') is not None:
+    from .patch import mmseg_vit  # noqa: F401
 
 __all__ = ['TokenTransform', 'TokenRecovery', 'Reduction', '__version__']

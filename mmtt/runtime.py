@@ -1,0 +1,52 @@
+"""Runner set-up shared by the test and train tools: CPU distributed runs, checkpoints."""
+import os
+
+import torch
+from mmengine.config import Config
+from mmengine.model import MMDistributedDataParallel
+from mmengine.registry import MODEL_WRAPPERS
+
+from .checkpoint import allow_openmmlab_checkpoints
+
+
+@MODEL_WRAPPERS.register_module()
+class MMCPUDistributedDataParallel(MMDistributedDataParallel):
+    """``MMDistributedDataParallel`` for a model on the CPU: DDP takes no ``device_ids`` then,
+    but MMEngine's ``Runner.wrap_model`` always passes the local rank."""
+
+    def __init__(self, module, device_ids=None, **kwargs) -> None:
+        super().__init__(module=module, device_ids=None, **kwargs)
+
+
+def prepare_runtime(cfg: Config, launcher: str) -> Config:
+    """Make ``cfg`` run under ``launcher`` on this machine; returns ``cfg``.
+
+    With GPUs nothing changes. Without, a distributed launch uses the gloo backend, one CPU
+    process per requested "GPU": the process group is created here, because MMEngine's
+    ``init_dist`` calls ``torch.cuda.set_device``, and the model is wrapped without device ids.
+    """
+    allow_openmmlab_checkpoints()
+    cfg.launcher = launcher
+    if launcher == 'none' or torch.cuda.is_available():
+        return cfg
+    if launcher != 'pytorch':
+        raise ValueError(f'--launcher {launcher} without GPUs is not supported; use pytorch '
+                         '(tools/dist_test.sh) for CPU processes')
+    env_cfg = cfg.setdefault('env_cfg', {})
+    env_cfg.setdefault('dist_cfg', {})['backend'] = 'gloo'
+    cfg.model_wrapper_cfg = dict(type='MMCPUDistributedDataParallel')
+    # SyncBN has no CPU implementation: plain BN gives the same results in eval mode.
+    cfg.model = _replace_syncbn(cfg.model)
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group('gloo', rank=int(os.environ['RANK']),
+                                             world_size=int(os.environ['WORLD_SIZE']))
+    return cfg
+
+
+def _replace_syncbn(node):
+    if isinstance(node, dict):
+        return {k: ('BN' if k == 'type' and v == 'SyncBN' else _replace_syncbn(v))
+                for k, v in node.items()}
+    if isinstance(node, (list, tuple)):
+        return type(node)(_replace_syncbn(v) for v in node)
+    return node

@@ -1,0 +1,1 @@
+"""Command-line tools, also reachable as ``python -m mmtt.tools.<name>`` without a checkout."""

@@ -1,0 +1,87 @@
+"""GFLOPs of a config's model, unmodified beside compressed, compression ops counted.
+
+The unmodified model is the same config with ``model.backbone.reduce_layers=[]`` (mmtt's
+backbones are then their host's model exactly). Counting is MMEngine's counter with an SDPA
+handle (:mod:`mmtt.analysis`); ops it does not count are listed.
+"""
+import argparse
+import copy
+from typing import Tuple
+
+import torch
+from mmengine.config import Config, DictAction
+from mmengine.registry import init_default_scope
+from torch import nn
+
+from ..analysis import FlopReport, count_flops
+
+
+class TensorForward(nn.Module):
+    """``model(inputs, mode='tensor')`` as a one-argument module, for the jit tracer."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs: torch.Tensor):
+        return self.model(inputs, mode='tensor')
+
+
+def unmodified(cfg: Config) -> Config:
+    plain = copy.deepcopy(cfg)
+    plain.model.backbone.reduce_layers = []
+    return plain
+
+
+def build_model(cfg: Config) -> nn.Module:
+    from mmengine.registry import MODELS
+    init_default_scope(cfg.get('default_scope', 'mmseg'))
+    model = MODELS.build(cfg.model)
+    model.eval()
+    return model
+
+
+def config_flops(cfg: Config, shape: Tuple[int, int], part: str = 'model') -> FlopReport:
+    """FLOPs of one ``[1, 3, H, W]`` input through the whole model or its backbone."""
+    model = build_model(cfg)
+    net = model.backbone if part == 'backbone' else TensorForward(model)
+    return count_flops(net, (torch.randn(1, 3, *shape),))
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('config')
+    parser.add_argument('--shape', type=int, nargs='+', default=None,
+                        help='input H W (default: the test crop size, else 512 512)')
+    parser.add_argument('--part', choices=['model', 'backbone'], default='model')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction)
+    return parser.parse_args(argv)
+
+
+def default_shape(cfg: Config) -> Tuple[int, int]:
+    crop = cfg.model.get('test_cfg', {}).get('crop_size')
+    return tuple(crop) if crop else (512, 512)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    if args.shape is not None and len(args.shape) not in (1, 2):
+        raise ValueError(f'--shape takes H [W], got {args.shape}')
+    shape = tuple(args.shape * 2 if args.shape and len(args.shape) == 1 else args.shape or default_shape(cfg))
+    full = config_flops(unmodified(cfg), shape, args.part)
+    reduced = config_flops(cfg, shape, args.part)
+    saving = 1 - reduced.total / full.total
+    print(f'{args.config}: {args.part}, input 1x3x{shape[0]}x{shape[1]}')
+    print(f'  unmodified: {full.gflops:8.2f} GFLOPs')
+    print(f'  mmtt:       {reduced.gflops:8.2f} GFLOPs  ({100 * saving:.1f}% fewer, compression ops counted)')
+    print('  not counted (element-wise by convention, or unknown to the counter): '
+          + ', '.join(sorted(set(reduced.uncounted) | set(full.uncounted))))
+    return dict(config=args.config, part=args.part, shape=list(shape), gflops_unmodified=full.gflops,
+                gflops=reduced.gflops, saving=saving)
+
+
+if __name__ == '__main__':
+    main()
