@@ -14,6 +14,10 @@ import torch
 from torch import nn
 
 
+# Attribute names under which mmtt's hosts hold their reduction modules.
+COMPRESSION_MODULES = ('mmtt_transform', 'token_transform')
+
+
 def _shape(value) -> List[int]:
     return value.type().sizes()
 
@@ -27,10 +31,12 @@ def sdpa_flop_jit(inputs: List[Any], outputs: List[Any]) -> int:
 
 @dataclass
 class FlopReport:
-    """Total FLOPs, per top-level module, and the ops that were seen but not counted."""
+    """Total FLOPs, per top-level module, the ops that were seen but not counted, and the
+    FLOPs inside the token-reduction modules themselves (``compression``)."""
     total: int
     by_module: Dict[str, int]
     uncounted: Counter
+    compression: int = 0
 
     @property
     def gflops(self) -> float:
@@ -48,9 +54,11 @@ def count_flops(model: nn.Module, inputs: Tuple[Any, ...]) -> FlopReport:
             analyzer.set_op_handle('aten::scaled_dot_product_attention', sdpa_flop_jit)
             analyzer.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
             total = analyzer.total()
-            by_module = {name: count for name, count in analyzer.by_module().items()
-                         if name and '.' not in name}
+            per_module = analyzer.by_module()
             uncounted = Counter(analyzer.unsupported_ops())
     finally:
         model.train(was_training)
-    return FlopReport(total, by_module, uncounted)
+    by_module = {name: n for name, n in per_module.items() if name and '.' not in name}
+    compression = sum(n for name, n in per_module.items()
+                      if name.rsplit('.', 1)[-1] in COMPRESSION_MODULES)
+    return FlopReport(total, by_module, uncounted, compression)

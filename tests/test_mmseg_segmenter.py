@@ -183,3 +183,28 @@ def test_dist_test_on_two_cpu_processes_matches_one(tiny_setup):
     a, b = predictions(tmp / 'out_single'), predictions(tmp / 'out_double')
     assert len(a) == 3 and a.keys() == b.keys()
     assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_tools_train_fine_tunes_the_reduced_model(tiny_setup):
+    tmp, _ = tiny_setup
+    cfg = write_config(tmp, 'train', tt_backbone(keep_ratio=0.6))
+    with open(cfg, 'a') as f:
+        f.write("""
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='RandomCrop', crop_size=crop),
+    dict(type='PackSegInputs')]
+train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
+    dataset=dict(data_root=test_dataloader['dataset']['data_root'], pipeline=train_pipeline,
+                 data_prefix=dict(img_path='images/validation', seg_map_path='annotations/validation')))
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=2, val_interval=100)
+default_hooks = dict(checkpoint=dict(interval=2), logger=dict(interval=1))
+""")
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    proc = subprocess.run([sys.executable, str(REPO / 'tools/train.py'), str(cfg), '--work-dir', 'wd_train'],
+                          cwd=tmp, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    losses = [float(v) for v in re.findall(r'loss: ([\d.]+)', proc.stdout + proc.stderr)]
+    assert len(losses) >= 2 and all(np.isfinite(losses))
+    assert (tmp / 'wd_train/iter_2.pth').exists()

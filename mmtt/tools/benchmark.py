@@ -1,0 +1,171 @@
+"""Speed of mmtt against the unmodified model: GFLOPs, latency, throughput, peak memory.
+
+    python tools/benchmark.py --model deit_base_patch16_224 --methods transform tome prune
+    python tools/benchmark.py --config configs/segmenter_tt_ade20k.py --repeats 3
+
+Each variant (the unmodified model first) runs in a fresh process, so peak memory is its own.
+Latency is the median over ``--repeats`` timed batch-1 forwards after ``--warmup`` untimed ones
+(CUDA events on a GPU); throughput is images/s at ``--batch``. Ratios are against the
+unmodified model of the same run. On the CPU, peak memory is the process's peak RSS (weights
+and libraries included); on a GPU, ``torch.cuda.max_memory_allocated``.
+"""
+import argparse
+import json
+import multiprocessing as mp
+import resource
+import statistics
+import time
+from typing import Callable, List, Optional, Tuple
+
+import torch
+from tqdm import tqdm
+
+METHODS = ('transform', 'tome', 'evit', 'prune')
+
+
+def timed(fn: Callable[[], object], warmup: int, repeats: int, device: torch.device) -> float:
+    """Median seconds of ``fn()``."""
+    with torch.no_grad():
+        for _ in range(warmup):
+            fn()
+        times = []
+        for _ in range(repeats):
+            if device.type == 'cuda':
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                torch.cuda.synchronize()
+                times.append(start.elapsed_time(end) / 1e3)
+            else:
+                t0 = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def build_timm(args, method: Optional[str]) -> Tuple[torch.nn.Module, Tuple[int, int]]:
+    import timm
+    from mmtt.patch.timm import apply_patch
+    kwargs = dict(img_size=args.img_size) if args.img_size else {}
+    model = timm.create_model(args.model, pretrained=False, **kwargs).eval()
+    if method is not None:
+        apply_patch(model, method=method, keep_ratio=args.keep_ratio, layers=args.layers)
+    return model, tuple(model.patch_embed.img_size)
+
+
+def build_config(args, method: Optional[str]) -> Tuple[torch.nn.Module, Tuple[int, int]]:
+    from mmengine.config import Config
+    from mmtt.tools.get_flops import TensorForward, build_model, default_shape, unmodified
+    cfg = Config.fromfile(args.config)
+    if method is None:
+        cfg = unmodified(cfg)
+    elif method != 'config':
+        cfg.model.backbone.token_transform.method = method
+    model = build_model(cfg)
+    return TensorForward(model), tuple(args.shape or default_shape(cfg))
+
+
+def measure(args, method: Optional[str]) -> dict:
+    """One variant, in the current process: method None is the unmodified model."""
+    from mmtt.analysis import count_flops
+    torch.manual_seed(0)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    model, shape = (build_config if args.config else build_timm)(args, method)
+    model = model.to(device)
+    flops = count_flops(model, (torch.randn(1, 3, *shape, device=device),))
+    one = torch.randn(1, 3, *shape, device=device)
+    batch = torch.randn(args.batch, 3, *shape, device=device)
+    if device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats()
+    latency = timed(lambda: model(one), args.warmup, args.repeats, device)
+    batch_time = timed(lambda: model(batch), args.warmup, args.repeats, device)
+    peak = (torch.cuda.max_memory_allocated() if device.type == 'cuda'
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    return dict(method=method or 'unmodified', gflops=flops.gflops,
+                compression_gflops=flops.compression / 1e9, latency_ms=latency * 1e3,
+                throughput=args.batch / batch_time, peak_mem_mb=peak / 2 ** 20,
+                uncounted_ops=sorted(flops.uncounted))
+
+
+def _worker(args, method, queue) -> None:
+    queue.put(measure(args, method))
+
+
+def measure_in_fresh_process(args, method: Optional[str]) -> dict:
+    ctx = mp.get_context('spawn')
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_worker, args=(args, method, queue))
+    proc.start()
+    result = queue.get()
+    proc.join()
+    return result
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument('--model', help='timm model name (random weights: speed does not need them)')
+    source.add_argument('--config', help='mmseg/mmdet config using an mmtt backbone')
+    parser.add_argument('--methods', nargs='+', default=None,
+                        help=f'reduction methods side by side, from {METHODS}; default: transform '
+                             '(timm) or the config\'s own method')
+    parser.add_argument('--keep-ratio', type=float, default=0.7, help='timm models')
+    parser.add_argument('--layers', type=int, nargs='+', default=[3, 6, 9], help='timm models, 0-based')
+    parser.add_argument('--img-size', type=int, default=None, help='timm models')
+    parser.add_argument('--shape', type=int, nargs=2, default=None, help='configs: input H W')
+    parser.add_argument('--batch', type=int, default=8)
+    parser.add_argument('--warmup', type=int, default=2)
+    parser.add_argument('--repeats', type=int, default=5)
+    parser.add_argument('--threads', type=int, default=None, help='CPU threads (default: torch\'s)')
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--json', help='write every figure to this file')
+    args = parser.parse_args(argv)
+    for m in args.methods or []:
+        if m not in METHODS:
+            parser.error(f'unknown method {m!r}; choose from {METHODS}')
+    return args
+
+
+def describe_hardware(device: str) -> str:
+    if device.startswith('cuda'):
+        return torch.cuda.get_device_name()
+    import platform
+    return f'{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads'
+
+
+def main(argv=None) -> List[dict]:
+    args = parse_args(argv)
+    methods = args.methods or (['config'] if args.config else ['transform'])
+    results = []
+    for method in tqdm([None] + methods, desc='variants'):
+        results.append(measure_in_fresh_process(args, method))
+    base = results[0]
+    for r in results:
+        r['gflops_ratio'] = base['gflops'] / r['gflops']
+        r['latency_ratio'] = base['latency_ms'] / r['latency_ms']
+        r['throughput_ratio'] = r['throughput'] / base['throughput']
+    target = args.model or args.config
+    print(f'\n{target} on {describe_hardware(args.device)}, batch {args.batch} for throughput, '
+          f'median of {args.repeats}')
+    print(f'{"method":<12}{"GFLOPs":>9}{"x":>7}{"ops %":>7}{"latency ms":>12}{"x":>7}{"img/s":>9}'
+          f'{"x":>7}{"peak MB":>9}')
+    for r in results:
+        print(f'{r["method"]:<12}{r["gflops"]:>9.2f}{r["gflops_ratio"]:>7.2f}'
+              f'{100 * r["compression_gflops"] / r["gflops"]:>7.2f}{r["latency_ms"]:>12.1f}'
+              f'{r["latency_ratio"]:>7.2f}{r["throughput"]:>9.2f}{r["throughput_ratio"]:>7.2f}'
+              f'{r["peak_mem_mb"]:>9.0f}')
+    print('"ops %": share of the GFLOPs spent in the reduction modules themselves')
+    print('not counted in GFLOPs (element-wise by convention):',
+          ', '.join(sorted({op for r in results for op in r['uncounted_ops']})))
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(dict(target=target, hardware=describe_hardware(args.device), args=vars(args),
+                           results=results), f, indent=2)
+    return results
+
+
+if __name__ == '__main__':
+    main()
