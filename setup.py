@@ -1,4 +1,35 @@
+import os
+import os.path as osp
+import shutil
+import sys
+
 from setuptools import find_packages, setup
+
+# OpenMMLab layout: configs (and the tools and metafiles) ship inside the package under
+# mmtt/.mim/, which is where mmengine resolves `mmtt::` config bases. An editable install
+# links them to the checkout; a wheel or sdist build copies them.
+MIM_FILES = ['configs', 'tools', 'model-index.yml']
+
+
+def add_mim_extension() -> None:
+    editable = any(arg in sys.argv for arg in ('develop', 'editable_wheel'))
+    root = osp.dirname(osp.abspath(__file__))
+    mim = osp.join(root, 'mmtt', '.mim')
+    os.makedirs(mim, exist_ok=True)
+    for name in MIM_FILES:
+        src, dst = osp.join(root, name), osp.join(mim, name)
+        if osp.islink(dst) or osp.isfile(dst):
+            os.remove(dst)
+        elif osp.isdir(dst):
+            shutil.rmtree(dst)
+        if not osp.exists(src):
+            continue
+        if editable:
+            os.symlink(osp.relpath(src, mim), dst)
+        elif osp.isdir(src):
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns('__pycache__'))
+        else:
+            shutil.copyfile(src, dst)
 
 
 def read_version() -> str:
@@ -8,21 +39,33 @@ def read_version() -> str:
     return scope['__version__']
 
 
-setup(
-    name='mmtt',
-    version=read_version(),
-    description='Training-free Token Transforming for OpenMMLab and timm vision transformers',
-    long_description=open('README.md').read(),
-    long_description_content_type='text/markdown',
-    packages=find_packages(include=['mmtt', 'mmtt.*']),
-    python_requires='>=3.9',
-    # torch is deliberately unpinned here and never installed by this file: the set-up script
-    # installs the pinned stack (an unpinned torch from the registry pulls CUDA wheels).
-    install_requires=['torch>=2.1', 'mmengine>=0.10.0,<1.0'],
-    extras_require={
-        'seg': ['mmcv>=2.0.0,<2.2.0', 'mmsegmentation>=1.2.0,<1.3'],
-        'det': ['mmcv>=2.0.0,<2.2.0', 'mmdet>=3.3.0,<3.4'],
-        'timm': ['timm>=1.0'],
-    },
-    license='Apache-2.0',
-)
+if __name__ == '__main__':
+    add_mim_extension()
+    setup(
+        name='mmtt',
+        version=read_version(),
+        description='Training-free Token Transforming for OpenMMLab and timm vision transformers',
+        long_description=open('README.md').read(),
+        long_description_content_type='text/markdown',
+        packages=find_packages(include=['mmtt', 'mmtt.*']),
+        include_package_data=True,
+        package_data={'mmtt': ['.mim/model-index.yml', '.mim/configs/**/*.py', '.mim/configs/**/*.yml',
+                               '.mim/configs/*.py', '.mim/tools/*.py', '.mim/tools/*.sh']},
+        python_requires='>=3.9',
+        # torch is deliberately unpinned here; tools/setup_env.sh installs the pinned stack (an
+        # unpinned torch from the registry pulls several GB of CUDA wheels).
+        install_requires=['torch>=2.1', 'mmengine>=0.10.0,<1.0', 'numpy', 'tqdm'],
+        extras_require={
+            'seg': ['mmcv>=2.0.0,<2.2.0', 'mmsegmentation>=1.2.0,<1.3'],
+            'det': ['mmcv>=2.0.0,<2.2.0', 'mmdet>=3.3.0,<3.4'],
+            'timm': ['timm>=1.0'],
+        },
+        entry_points={'console_scripts': [
+            'mmtt-test = mmtt.tools.test:main',
+            'mmtt-train = mmtt.tools.train:main',
+            'mmtt-benchmark = mmtt.tools.benchmark:main',
+            'mmtt-get-flops = mmtt.tools.get_flops:main',
+        ]},
+        license='Apache-2.0',
+        zip_safe=False,
+    )

@@ -5,8 +5,12 @@
 """
 from importlib.util import find_spec
 
-from .modules import Reduction, TokenRecovery, TokenTransform
-from .version import __version__
+from .compat import check_versions
+
+check_versions()
+
+from .modules import Reduction, TokenRecovery, TokenTransform  # noqa: E402
+from .version import __version__  # noqa: E402
 
 # Host backbones register into their libraries' registries when those are installed.
 if find_spec('mmseg') is not None:

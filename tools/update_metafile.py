@@ -1,0 +1,90 @@
+"""Regenerate the OpenMMLab metafiles (model-index.yml, configs/*/metafile.yml) from the configs.
+
+GFLOPs are measured with mmtt's counter (tools/get_flops.py), unmodified and with mmtt, at each
+config's test crop size. Run after adding or changing a config:
+
+    python tools/update_metafile.py
+"""
+import os
+import os.path as osp
+from glob import glob
+
+import yaml
+from mmengine.config import Config
+from tqdm import tqdm
+
+from mmtt.tools.get_flops import config_flops, default_shape, unmodified
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+PAPER = dict(Title='Token Transforming: A Unified and Training-Free Token Compression Framework '
+                   'for Vision Transformer Acceleration (Zeng, Yu, Kong, Tang)')
+# family -> (metafile folder, collection, task, dataset, upstream config, upstream weights); a
+# config belongs to the first family whose key its name contains.
+FAMILIES = {
+    'ade20k': ('segmenter', 'Segmenter-L + mmtt', 'Semantic Segmentation', 'ADE20K',
+               'mmseg::segmenter/segmenter_vit-l_mask_8xb1-160k_ade20k-512x512.py',
+               'https://download.openmmlab.com/mmsegmentation/v0.5/segmenter/'
+               'segmenter_vit-l_mask_8x1_512x512_160k_ade20k/'
+               'segmenter_vit-l_mask_8x1_512x512_160k_ade20k_20220105_162750-7ef345be.pth'),
+    'cityscapes': ('segmenter', 'Segmenter-L + mmtt', 'Semantic Segmentation', 'Cityscapes',
+                   'composed from mmseg parts (configs/segmenter_tt_cityscapes.py)', None),
+}
+
+
+def family_of(name: str):
+    for key, family in FAMILIES.items():
+        if key in name:
+            return family
+    raise ValueError(f'no metafile family for config {name}; add it to FAMILIES')
+
+
+def describe(path: str) -> dict:
+    rel = osp.relpath(path, ROOT)
+    name = osp.splitext(osp.basename(path))[0]
+    cfg = Config.fromfile(path)
+    folder, collection, task, dataset, upstream, weights = family_of(name)
+    backbone = cfg.model.backbone
+    shape = default_shape(cfg)
+    full = config_flops(unmodified(cfg), shape)
+    reduced = config_flops(cfg, shape)
+    transform = backbone.token_transform
+    return folder, {
+        'Name': name,
+        'In Collection': collection,
+        'Config': rel,
+        'Metadata': {
+            'Upstream Config': upstream,
+            'Method': transform.method,
+            'Keep Ratio': transform.keep_ratio,
+            'Reduce Layers': list(backbone.reduce_layers),
+            'Input': f'{shape[0]}x{shape[1]}',
+            'GFLOPs (unmodified)': round(full.gflops, 1),
+            'GFLOPs': round(reduced.gflops, 1),
+            'Training Free': True,
+        },
+        'Results': [{'Task': task, 'Dataset': dataset, 'Metrics': {}}],
+        'Weights': weights,
+    }
+
+
+def main() -> None:
+    families = {}
+    for path in tqdm(sorted(glob(osp.join(ROOT, 'configs', '**', '*.py'), recursive=True))):
+        folder, entry = describe(path)
+        families.setdefault(folder, []).append(entry)
+    imports = []
+    for folder, models in sorted(families.items()):
+        metafile = osp.join('configs', folder, 'metafile.yml')
+        os.makedirs(osp.join(ROOT, 'configs', folder), exist_ok=True)
+        collections = sorted({m['In Collection'] for m in models})
+        with open(osp.join(ROOT, metafile), 'w') as f:
+            yaml.safe_dump({'Collections': [{'Name': c, 'Paper': PAPER} for c in collections],
+                            'Models': models}, f, sort_keys=False)
+        imports.append(metafile)
+    with open(osp.join(ROOT, 'model-index.yml'), 'w') as f:
+        yaml.safe_dump({'Import': imports}, f, sort_keys=False)
+    print('wrote', ', '.join(imports), 'and model-index.yml')
+
+
+if __name__ == '__main__':
+    main()
