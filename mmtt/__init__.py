@@ -9,8 +9,11 @@ from .compat import check_versions
 
 check_versions()
 
+from . import _mim  # noqa: E402
 from .modules import Reduction, TokenRecovery, TokenTransform  # noqa: E402
 from .version import __version__  # noqa: E402
+
+_mim.register()
 
 # Host backbones register into their libraries' registries when those are installed.
 if find_spec('mmseg') is not None:

@@ -1,0 +1,79 @@
+"""mmtt as an installed package: a downstream project inherits `mmtt::` configs, no checkout."""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from mmengine.config import Config
+
+from tiny_seg import REPO, TINY_VIT, run_tool, save_mmseg_checkpoint, write_config, write_tiny_ade20k
+
+
+@pytest.fixture(scope='module')
+def installed(tmp_path_factory):
+    """Build a wheel from a copy of the checkout and install it into a bare target folder."""
+    tmp = tmp_path_factory.mktemp('pkg')
+    src = tmp / 'src'
+    files = subprocess.run(['git', 'ls-files', '--cached', '--others', '--exclude-standard'],
+                           cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    for rel in files:
+        if (REPO / rel).is_file():
+            (src / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, src / rel)
+    subprocess.run([sys.executable, '-m', 'pip', 'wheel', '-q', '--no-deps', '--no-build-isolation',
+                    str(src), '-w', str(tmp / 'dist')], check=True, capture_output=True)
+    wheel = next((tmp / 'dist').glob('mmtt-*.whl'))
+    subprocess.run([sys.executable, '-m', 'pip', 'install', '-q', '--no-deps', '--target',
+                    str(tmp / 'site'), str(wheel)], check=True, capture_output=True)
+    return tmp / 'site'
+
+
+def test_wheel_ships_configs_metafiles_and_tools(installed):
+    mim = installed / 'mmtt/.mim'
+    assert (mim / 'configs/segmenter_tt_ade20k.py').is_file()
+    assert (mim / 'tools/dist_test.sh').is_file()
+    index = yaml.safe_load((mim / 'model-index.yml').read_text())
+    listed = []
+    for metafile in index['Import']:
+        meta = yaml.safe_load((mim / metafile).read_text())
+        for model in meta['Models']:
+            assert (mim / model['Config']).is_file(), model['Config']
+            assert model['Metadata']['GFLOPs'] < model['Metadata']['GFLOPs (unmodified)']
+            listed.append(model['Config'])
+    shipped = sorted(str(p.relative_to(mim)) for p in (mim / 'configs').rglob('*.py'))
+    assert sorted(listed) == shipped
+
+
+def test_downstream_config_inherits_mmtt_config_and_tests_without_checkout(installed, tmp_path):
+    write_tiny_ade20k(tmp_path / 'data')
+    ckpt = save_mmseg_checkpoint(tmp_path)
+    downstream = write_config(
+        tmp_path, 'downstream', dict(TINY_VIT, reduce_layers=(1, 2)),
+        base='mmtt::segmenter_tt_ade20k.py', replace_backbone=False,
+        header="custom_imports = dict(imports=['mmtt'], allow_failed_imports=False)\n")
+    work = tmp_path / 'elsewhere'
+    work.mkdir()
+    env = dict(PYTHONPATH=str(installed))
+    where = subprocess.run([sys.executable, '-c', 'import mmtt; print(mmtt.__file__)'], cwd=work,
+                           env=dict(os.environ, **env), capture_output=True, text=True, check=True)
+    assert where.stdout.startswith(str(installed)), where.stdout
+    cfg_text = subprocess.run(
+        [sys.executable, '-c', f'import mmtt; from mmengine.config import Config; '
+                               f'c = Config.fromfile("{downstream}"); print(c.model.backbone.type, '
+                               f'c.model.backbone.reduce_layers, c.model.backbone.token_transform.keep_ratio)'],
+        cwd=work, env=dict(os.environ, **env), capture_output=True, text=True, check=True).stdout
+    assert cfg_text.split() == ['TokenVisionTransformer', '(1,', '2)', '0.7']
+    metrics = run_tool([sys.executable, '-m', 'mmtt.tools.test', str(downstream), str(ckpt)], work, env)
+    assert 0 <= metrics[1] <= 100
+
+
+def test_version_check_names_installed_and_supported(monkeypatch):
+    import mmtt.compat as compat
+    monkeypatch.setitem(compat.SUPPORTED, 'mmcv', ('2.0.0', '2.1.0'))
+    with pytest.raises(ImportError, match=r'mmcv 2\.1\.0 is installed; mmtt supports mmcv>=2\.0\.0,<2\.1\.0'):
+        compat.check_versions()
+    monkeypatch.setitem(compat.SUPPORTED, 'mmcv', ('2.0.0', '2.2.0'))
+    compat.check_versions()
