@@ -1,5 +1,7 @@
 """Runner set-up shared by the test and train tools: CPU distributed runs, checkpoints."""
 import os
+import os.path as osp
+from typing import Optional
 
 import torch
 from mmengine.config import Config
@@ -16,6 +18,16 @@ class MMCPUDistributedDataParallel(MMDistributedDataParallel):
 
     def __init__(self, module, device_ids=None, **kwargs) -> None:
         super().__init__(module=module, device_ids=None, **kwargs)
+
+
+def load_config(path: str, cfg_options: Optional[dict], work_dir: Optional[str]) -> Config:
+    """``Config.fromfile`` with ``--cfg-options`` merged and the OpenMMLab default work dir."""
+    cfg = Config.fromfile(path)
+    if cfg_options is not None:
+        cfg.merge_from_dict(cfg_options)
+    cfg.work_dir = work_dir or cfg.get('work_dir') or osp.join(
+        './work_dirs', osp.splitext(osp.basename(path))[0])
+    return cfg
 
 
 def prepare_runtime(cfg: Config, launcher: str) -> Config:

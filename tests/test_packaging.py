@@ -3,11 +3,9 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
-from mmengine.config import Config
 
 from tiny_seg import REPO, TINY_VIT, run_tool, save_mmseg_checkpoint, write_config, write_tiny_ade20k
 

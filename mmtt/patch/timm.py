@@ -7,7 +7,6 @@ the fused attention kernel stays in use.
 """
 from typing import Dict, Optional, Sequence
 
-import torch
 from timm.layers import Attention
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import Tensor

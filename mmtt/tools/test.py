@@ -1,12 +1,11 @@
 """Test (and evaluate) an mmseg or mmdet model, with the OpenMMLab ``tools/test.py`` flags."""
 import argparse
 import os
-import os.path as osp
 
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
-from ..runtime import prepare_runtime
+from ..runtime import load_config, prepare_runtime
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -51,11 +50,7 @@ def _trigger_visualization(cfg: Config, args: argparse.Namespace) -> None:
 
 
 def build_test_config(args: argparse.Namespace) -> Config:
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    cfg.work_dir = args.work_dir or cfg.get('work_dir') or osp.join(
-        './work_dirs', osp.splitext(osp.basename(args.config))[0])
+    cfg = load_config(args.config, args.cfg_options, args.work_dir)
     cfg.load_from = args.checkpoint
     if args.show or args.show_dir:
         _trigger_visualization(cfg, args)

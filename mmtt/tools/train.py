@@ -1,12 +1,11 @@
 """Fine-tune an mmseg/mmdet model with mmtt inserted (optional: the method is training-free)."""
 import argparse
 import os
-import os.path as osp
 
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
-from ..runtime import prepare_runtime
+from ..runtime import load_config, prepare_runtime
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -27,11 +26,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def build_train_config(args: argparse.Namespace) -> Config:
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    cfg.work_dir = args.work_dir or cfg.get('work_dir') or osp.join(
-        './work_dirs', osp.splitext(osp.basename(args.config))[0])
+    cfg = load_config(args.config, args.cfg_options, args.work_dir)
     if args.amp:
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
         cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
