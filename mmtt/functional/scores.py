@@ -6,8 +6,9 @@ from torch import Tensor
 
 from ._checks import check_tensor
 
-# Elements of one [B, heads, rows, N] logits block in attention_with_scores (64 MiB in float32).
-_CHUNK_ELEMENTS = 1 << 24
+# Elements of one [B, heads, rows, N] logits block in attention_with_scores (4 MiB in float32):
+# blocks that stay in cache measured fastest on CPU (ViT-S at 1025 and ViT-L at 1601 tokens).
+_CHUNK_ELEMENTS = 1 << 20
 
 
 def informative_scores(attn: Tensor) -> Tensor:
@@ -59,21 +60,23 @@ def attention_with_scores(q: Tensor, k: Tensor, v: Tensor, attn_bias: Optional[T
     batch, heads, n, d = (int(v) for v in q.shape)
     rows = chunk_rows or max(1, _CHUNK_ELEMENTS // max(1, batch * heads * n))
     work = torch.promote_types(q.dtype, torch.float32)
-    k_t = k.transpose(-2, -1)
-    scale = d ** -0.5
+    q_scaled, k_t = q * d ** -0.5, k.transpose(-2, -1)
     outs = []
-    col_sums = q.new_zeros(batch, heads, n, dtype=work)
+    col_sums = q.new_zeros(batch, heads, 1, n, dtype=work)
     for start in range(0, n, rows):
-        logits = (q[:, :, start:start + rows] @ k_t).to(work) * scale
+        logits = (q_scaled[:, :, start:start + rows] @ k_t).to(work)
         if attn_bias is not None:
             bias = attn_bias if attn_bias.shape[-2] == 1 else attn_bias[..., start:start + rows, :]
             logits = logits + bias.to(work)
-        probs = logits.softmax(dim=-1)
+        # Unnormalised softmax: A = E / z row-wise, so A V = (E V) / z and the column sums of
+        # A are (1 / z)^T E. Normalising E itself would cost another pass over the block.
+        exps = (logits - logits.amax(dim=-1, keepdim=True)).exp_()
+        z = exps.sum(dim=-1, keepdim=True)
         if start == 0:
-            cls_scores = probs[:, :, 0].mean(dim=1)
-        col_sums += probs.sum(dim=2)
-        outs.append(probs.to(v.dtype) @ v)
-    return torch.cat(outs, dim=2), col_sums.mean(dim=1), cls_scores
+            cls_scores = (exps[:, :, 0] / z[:, :, 0]).mean(dim=1)
+        col_sums += z.reciprocal().transpose(-2, -1) @ exps
+        outs.append((exps.to(v.dtype) @ v) / z.to(v.dtype))
+    return torch.cat(outs, dim=2), col_sums[:, :, 0].mean(dim=1), cls_scores
 
 
 def uniform_scores(batch: int, num_tokens: int, num_keep: int, device=None) -> Tensor:

@@ -70,7 +70,7 @@ class TokenBlock(Block):
         self.attn._mmtt_capture = transform.score_kind
         self.attn._mmtt_keys = self._mmtt_metric == 'keys'
         x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), attn_mask=attn_mask, is_causal=is_causal)))
-        captured = self.attn.__dict__.pop('captured')
+        captured = self.attn.__dict__.pop('captured', {})
         scores = captured[transform.score_kind] if transform.score_kind else None
         metric = captured['keys'] if self._mmtt_metric == 'keys' else None
         x = state.reduce(x, transform, scores=scores, metric=metric)
