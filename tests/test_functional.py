@@ -220,3 +220,16 @@ def test_bad_input_names_the_parameter(call, needle):
     with pytest.raises(ValueError, match=None) as info:
         call(x, s)
     assert needle in str(info.value)
+
+
+def test_distinctness_and_mixed_scores():
+    # tokens 0 and 1 are near-duplicates and the two most attended
+    x = torch.tensor([[[1.0, 0.0], [0.99, 0.14], [0.0, 1.0], [-1.0, 0.1], [0.1, -1.0]]], dtype=torch.float64)
+    d = TF.distinctness_scores(x)
+    cos = torch.nn.functional.cosine_similarity(x[0][:, None], x[0][None], dim=-1)
+    cos.fill_diagonal_(-2)
+    assert torch.allclose(d[0], -cos.max(dim=1).values)
+    informative = torch.tensor([[5.0, 4.0, 1.0, 2.0, 3.0]], dtype=torch.float64)
+    assert set(informative.topk(2).indices[0].tolist()) == {0, 1}
+    top2 = set(TF.mixed_scores(informative, x).topk(2).indices[0].tolist())
+    assert len(top2 & {0, 1}) == 1   # one of the duplicates gives way to a distinct token

@@ -37,7 +37,8 @@ def test_keep_ratio_one_is_an_exact_no_op(method):
 
 
 @pytest.mark.parametrize('method,selection', [('transform', 'informative'), ('transform', 'cls'),
-                                              ('transform', 'uniform'), ('prune', 'informative'),
+                                              ('transform', 'uniform'), ('transform', 'mixed'),
+                                              ('prune', 'informative'),
                                               ('prune', 'uniform'), ('evit', 'informative'),
                                               ('tome', 'informative')])
 def test_prefix_tokens_are_never_reduced(method, selection):

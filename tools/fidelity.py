@@ -132,7 +132,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--metric', choices=['hidden', 'keys'], default=None,
                         help='similarity features (default: keys for tome, hidden otherwise)')
     parser.add_argument('--orphans', choices=['spread', 'nearest'], default='spread')
-    parser.add_argument('--selection', choices=['informative', 'cls', 'uniform'], default='informative')
+    parser.add_argument('--selection', choices=['informative', 'cls', 'uniform', 'mixed'], default='informative')
     parser.add_argument('--similarity', choices=['cosine', 'euclidean'], default='cosine')
     parser.add_argument('--threshold', type=float, default=0.5, help='saliency mask threshold for IoU')
     parser.add_argument('--batch-size', type=int, default=4)

@@ -2,6 +2,7 @@
 from typing import Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ._checks import check_tensor
@@ -91,3 +92,28 @@ def uniform_scores(batch: int, num_tokens: int, num_keep: int, device=None) -> T
     # Ties among the zeros cannot outrank the picks; the small ramp keeps topk deterministic.
     scores += torch.linspace(0, 1e-3, num_tokens, device=device).flip(0)
     return scores.expand(batch, num_tokens)
+
+
+def distinctness_scores(x: Tensor) -> Tensor:
+    """How unlike its closest other token each token is: ``-max_{k != j} cos(x_j, x_k)``, ``[B, N]``.
+
+    Args:
+        x: tokens ``[B, N, C]``.
+    """
+    check_tensor('x', x, 3)
+    unit = F.normalize(x.to(torch.promote_types(x.dtype, torch.float32)), dim=-1)
+    sim = unit @ unit.transpose(1, 2)
+    sim.diagonal(dim1=1, dim2=2).fill_(-2.0)   # a token is not its own neighbour
+    return -sim.amax(dim=-1)
+
+
+def mixed_scores(informative: Tensor, x: Tensor) -> Tensor:
+    """Rank of the eq. 2 score plus rank of :func:`distinctness_scores`: ``[B, N]``.
+
+    Informative tokens that are also unlike the others rank first. An option beside the
+    paper's criterion: eq. 2 alone can pick near-duplicates of one attended region, whose
+    rows of W then cover the same tokens (see the README's ablation).
+    """
+    check_tensor('informative', informative, 2, x.shape[:2])
+    rank = lambda s: s.argsort(dim=1).argsort(dim=1)   # noqa: E731  (0 = lowest)
+    return (rank(informative) + rank(distinctness_scores(x))).to(informative.dtype)

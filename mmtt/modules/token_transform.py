@@ -5,12 +5,12 @@ import torch
 from mmengine.registry import MODELS
 from torch import Tensor, nn
 
-from ..functional import (ORPHAN_RULES, SIMILARITIES, TokenMatrix, evit_matrix, prune_matrix,
-                          tome_matrix, transform_token_matrix, uniform_scores)
+from ..functional import (ORPHAN_RULES, SIMILARITIES, TokenMatrix, evit_matrix, mixed_scores,
+                          prune_matrix, tome_matrix, transform_token_matrix, uniform_scores)
 from ..functional._checks import check_choice, check_kappa, check_tau, check_tensor
 
 METHODS = ('transform', 'prune', 'evit', 'tome')
-SELECTIONS = ('informative', 'cls', 'uniform')
+SELECTIONS = ('informative', 'cls', 'uniform', 'mixed')
 
 
 class Reduction(NamedTuple):
@@ -43,7 +43,8 @@ class TokenTransform(nn.Module):
         tau: softmax temperature of eq. 5. Table 6: best at 150, flat from 100 to 250.
         selection: how informative tokens (transform) or kept tokens (prune) are chosen:
             ``'informative'`` (eq. 2, column sums of the attention map), ``'cls'`` (class-token
-            attention) or ``'uniform'`` (evenly spaced). Table 8.
+            attention), ``'uniform'`` (evenly spaced): Table 8; or ``'mixed'``, an option beyond
+            the paper: rank of eq. 2 plus rank of distinctness (:func:`mmtt.functional.mixed_scores`).
         similarity: ``'cosine'`` (eq. 4) or ``'euclidean'`` (Table 8's alternative).
         orphans: ``'spread'`` (the paper's formulas) or ``'nearest'``; see
             :func:`mmtt.functional.transform_matrix`.
@@ -80,7 +81,7 @@ class TokenTransform(nn.Module):
             return 'cls'
         if self.method == 'tome' or self.selection == 'uniform':
             return None
-        return self.selection
+        return 'informative' if self.selection == 'mixed' else self.selection
 
     def num_keep(self, num_tokens: int) -> int:
         """Tokens kept out of ``num_tokens`` reducible ones."""
@@ -124,6 +125,8 @@ class TokenTransform(nn.Module):
         token_sizes = None if sizes is None else sizes[:, num_prefix:]
         if self.selection == 'uniform' and self.method in ('transform', 'prune'):
             scores = uniform_scores(batch, n - num_prefix, num_keep, device=x.device)
+        elif self.selection == 'mixed' and self.method in ('transform', 'prune'):
+            scores = mixed_scores(scores, feats)
 
         if self.method == 'transform':
             matrix = transform_token_matrix(feats, scores, num_keep, self.kappa, self.tau,
