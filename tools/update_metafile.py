@@ -5,6 +5,7 @@ config's test crop size. Run after adding or changing a config:
 
     python tools/update_metafile.py
 """
+import argparse
 import os
 import os.path as osp
 from glob import glob
@@ -26,6 +27,14 @@ FAMILIES = {
                'https://download.openmmlab.com/mmsegmentation/v0.5/segmenter/'
                'segmenter_vit-l_mask_8x1_512x512_160k_ade20k/'
                'segmenter_vit-l_mask_8x1_512x512_160k_ade20k_20220105_162750-7ef345be.pth'),
+    'coco_36e': ('dino', 'DINO Swin-L + mmtt', 'Object Detection', 'COCO',
+                 'mmdet::dino/dino-5scale_swin-l_8xb2-36e_coco.py',
+                 'https://github.com/RistoranteRist/mmlab-weights/releases/download/dino-swinl/'
+                 'dino-5scale_swin-l_8xb2-36e_coco-5486e051.pth'),
+    'coco': ('dino', 'DINO Swin-L + mmtt', 'Object Detection', 'COCO',
+             'mmdet::dino/dino-5scale_swin-l_8xb2-12e_coco.py',
+             'https://download.openmmlab.com/mmdetection/v3.0/dino/dino-5scale_swin-l_8xb2-12e_coco/'
+             'dino-5scale_swin-l_8xb2-12e_coco_20230228_072924-a654145f.pth'),
     'cityscapes': ('segmenter', 'Segmenter-L + mmtt', 'Semantic Segmentation', 'Cityscapes',
                    'composed from mmseg parts (configs/segmenter_tt_cityscapes.py)', None),
 }
@@ -55,7 +64,8 @@ def describe(path: str) -> dict:
         'Metadata': {
             'Upstream Config': upstream,
             'Method': transform.method,
-            'Keep Ratio': transform.keep_ratio,
+            'Keep Ratio': round(transform.get(
+                'keep_ratio', (backbone.get('reduced_window_size', 1) / backbone.get('window_size', 1)) ** 2), 4),
             'Reduce Layers': list(backbone.reduce_layers),
             'Input': f'{shape[0]}x{shape[1]}',
             'GFLOPs (unmodified)': round(full.gflops, 1),
@@ -72,7 +82,6 @@ def main() -> None:
     for path in tqdm(sorted(glob(osp.join(ROOT, 'configs', '**', '*.py'), recursive=True))):
         folder, entry = describe(path)
         families.setdefault(folder, []).append(entry)
-    imports = []
     for folder, models in sorted(families.items()):
         metafile = osp.join('configs', folder, 'metafile.yml')
         os.makedirs(osp.join(ROOT, 'configs', folder), exist_ok=True)
@@ -80,10 +89,10 @@ def main() -> None:
         with open(osp.join(ROOT, metafile), 'w') as f:
             yaml.safe_dump({'Collections': [{'Name': c, 'Paper': PAPER} for c in collections],
                             'Models': models}, f, sort_keys=False)
-        imports.append(metafile)
+    imports = sorted(osp.relpath(p, ROOT) for p in glob(osp.join(ROOT, 'configs', '*', 'metafile.yml')))
     with open(osp.join(ROOT, 'model-index.yml'), 'w') as f:
         yaml.safe_dump({'Import': imports}, f, sort_keys=False)
-    print('wrote', ', '.join(imports), 'and model-index.yml')
+    print('wrote', ', '.join(sorted(families)), 'metafiles and model-index.yml')
 
 
 if __name__ == '__main__':

@@ -56,14 +56,15 @@ def build_timm(args, method: Optional[str]) -> Tuple[torch.nn.Module, Tuple[int,
 
 def build_config(args, method: Optional[str]) -> Tuple[torch.nn.Module, Tuple[int, int]]:
     from mmengine.config import Config
-    from mmtt.tools.get_flops import TensorForward, build_model, default_shape, unmodified
+    from mmtt.tools.det_utils import tensor_forward
+    from mmtt.tools.get_flops import build_model, default_shape, unmodified
     cfg = Config.fromfile(args.config)
     if method is None:
         cfg = unmodified(cfg)
     elif method != 'config':
         cfg.model.backbone.token_transform.method = method
     model = build_model(cfg)
-    return TensorForward(model), tuple(args.shape or default_shape(cfg))
+    return tensor_forward(model), tuple(args.shape or default_shape(cfg))
 
 
 def measure(args, method: Optional[str]) -> dict:

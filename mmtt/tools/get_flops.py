@@ -14,6 +14,7 @@ from mmengine.registry import init_default_scope
 from torch import nn
 
 from ..analysis import FlopReport, count_flops
+from .det_utils import detection_test_shape, tensor_forward
 
 
 class TensorForward(nn.Module):
@@ -36,7 +37,7 @@ def unmodified(cfg: Config) -> Config:
 def build_model(cfg: Config) -> nn.Module:
     from mmengine.registry import MODELS
     init_default_scope(cfg.get('default_scope', 'mmseg'))
-    model = MODELS.build(cfg.model)
+    model = MODELS.build(copy.deepcopy(cfg.model))   # DINO edits its config in place
     model.eval()
     return model
 
@@ -44,7 +45,7 @@ def build_model(cfg: Config) -> nn.Module:
 def config_flops(cfg: Config, shape: Tuple[int, int], part: str = 'model') -> FlopReport:
     """FLOPs of one ``[1, 3, H, W]`` input through the whole model or its backbone."""
     model = build_model(cfg)
-    net = model.backbone if part == 'backbone' else TensorForward(model)
+    net = model.backbone if part == 'backbone' else tensor_forward(model)
     return count_flops(net, (torch.randn(1, 3, *shape),))
 
 
@@ -60,7 +61,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def default_shape(cfg: Config) -> Tuple[int, int]:
     crop = cfg.model.get('test_cfg', {}).get('crop_size')
-    return tuple(crop) if crop else (512, 512)
+    return tuple(crop) if crop else detection_test_shape(cfg) or (512, 512)
 
 
 def main(argv=None) -> dict:
