@@ -18,6 +18,7 @@ _mim.register()
 # Host backbones register into their libraries' registries when those are installed.
 if find_spec('mmseg') is not None:
     from .patch import mmseg_vit  # noqa: F401
+    from . import models  # noqa: F401
 if find_spec('mmdet') is not None:
     from .patch import mmdet_swin  # noqa: F401
 

@@ -35,6 +35,8 @@ FAMILIES = {
              'mmdet::dino/dino-5scale_swin-l_8xb2-12e_coco.py',
              'https://download.openmmlab.com/mmdetection/v3.0/dino/dino-5scale_swin-l_8xb2-12e_coco/'
              'dino-5scale_swin-l_8xb2-12e_coco_20230228_072924-a654145f.pth'),
+    'nyu': ('dpt', 'DPT-Hybrid + mmtt', 'Depth Estimation', 'NYUv2',
+            'composed from mmseg parts (mmseg::_base_/datasets/nyu.py)', None),
     'cityscapes': ('segmenter', 'Segmenter-L + mmtt', 'Semantic Segmentation', 'Cityscapes',
                    'composed from mmseg parts (configs/segmenter_tt_cityscapes.py)', None),
 }
@@ -56,15 +58,15 @@ def describe(path: str) -> dict:
     shape = default_shape(cfg)
     full = config_flops(unmodified(cfg), shape)
     reduced = config_flops(cfg, shape)
-    transform = backbone.token_transform
+    transform = backbone.get('token_transform') or dict(method='none', keep_ratio=1.0)
     return folder, {
         'Name': name,
         'In Collection': collection,
         'Config': rel,
         'Metadata': {
             'Upstream Config': upstream,
-            'Method': transform.method,
-            'Keep Ratio': round(transform.get(
+            'Method': transform['method'],
+            'Keep Ratio': 1.0 if not backbone.reduce_layers else round(transform.get(
                 'keep_ratio', (backbone.get('reduced_window_size', 1) / backbone.get('window_size', 1)) ** 2), 4),
             'Reduce Layers': list(backbone.reduce_layers),
             'Input': f'{shape[0]}x{shape[1]}',

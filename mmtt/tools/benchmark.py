@@ -130,11 +130,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def describe_hardware(device: str) -> str:
+def describe_hardware(device: str, threads: Optional[int] = None) -> str:
     if device.startswith('cuda'):
         return torch.cuda.get_device_name()
     import platform
-    return f'{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads'
+    return f'{platform.processor() or platform.machine()} CPU, {threads or torch.get_num_threads()} threads'
 
 
 def main(argv=None) -> List[dict]:
@@ -149,7 +149,7 @@ def main(argv=None) -> List[dict]:
         r['latency_ratio'] = base['latency_ms'] / r['latency_ms']
         r['throughput_ratio'] = r['throughput'] / base['throughput']
     target = args.model or args.config
-    print(f'\n{target} on {describe_hardware(args.device)}, batch {args.batch} for throughput, '
+    print(f'\n{target} on {describe_hardware(args.device, args.threads)}, batch {args.batch} for throughput, '
           f'median of {args.repeats}')
     print(f'{"method":<12}{"GFLOPs":>9}{"x":>7}{"ops %":>7}{"latency ms":>12}{"x":>7}{"img/s":>9}'
           f'{"x":>7}{"peak MB":>9}')
@@ -163,7 +163,7 @@ def main(argv=None) -> List[dict]:
           ', '.join(sorted({op for r in results for op in r['uncounted_ops']})))
     if args.json:
         with open(args.json, 'w') as f:
-            json.dump(dict(target=target, hardware=describe_hardware(args.device), args=vars(args),
+            json.dump(dict(target=target, hardware=describe_hardware(args.device, args.threads), args=vars(args),
                            results=results), f, indent=2)
     return results
 
