@@ -255,6 +255,7 @@ def test_tools_test_prints_bbox_map_and_reduction_off_equals_mmdet(tiny_setup):
     assert len(a) == len(b) == len(c) == 4
     for x, y, z in zip(a, b, c):
         assert x['img_id'] == y['img_id'] == z['img_id']
+        assert torch.isfinite(x['pred_instances']['bboxes']).all()
         for key in ('bboxes', 'scores', 'labels'):
             assert torch.equal(x['pred_instances'][key], y['pred_instances'][key])
         assert z['pred_instances']['bboxes'].shape[-1] == 4

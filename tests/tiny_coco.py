@@ -99,6 +99,9 @@ def save_dino_checkpoint(tmp: Path) -> Path:
     torch.manual_seed(0)
     init_default_scope('mmdet')
     model = MODELS.build(cfg.model)
+    # DINO creates some parameters with torch.empty and fills them only in init_weights:
+    # without it the checkpoint can hold garbage, and then NaN predictions.
+    model.init_weights()
     path = tmp / 'dino_tiny.pth'
     torch.save(dict(state_dict=model.state_dict(), meta=dict(dataset_meta=dict(classes=CLASSES))), path)
     return path

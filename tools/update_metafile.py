@@ -80,8 +80,15 @@ def describe(path: str) -> dict:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--only', nargs='+', metavar='FOLDER',
+                        help='regenerate only these metafile folders (e.g. dino); keep the others')
+    args = parser.parse_args()
+    paths = sorted(glob(osp.join(ROOT, 'configs', '**', '*.py'), recursive=True))
+    if args.only:
+        paths = [p for p in paths if family_of(osp.splitext(osp.basename(p))[0])[0] in args.only]
     families = {}
-    for path in tqdm(sorted(glob(osp.join(ROOT, 'configs', '**', '*.py'), recursive=True))):
+    for path in tqdm(paths):
         folder, entry = describe(path)
         families.setdefault(folder, []).append(entry)
     for folder, models in sorted(families.items()):
