@@ -1,9 +1,11 @@
 """FLOP counting with MMEngine's maintained counter (fvcore's conventions).
 
 A multiply-add counts as one FLOP and element-wise ops (add, softmax, norms...) are not
-counted; :func:`count_flops` lists every op it did not count, so nothing is hidden. The one
-addition is a handle for ``aten::scaled_dot_product_attention`` (its two matrix products),
-which MMEngine 0.10.7 does not know and which every fused-attention model uses.
+counted; :func:`count_flops` lists every op it did not count, so nothing is hidden. Two
+handles are added: ``aten::scaled_dot_product_attention`` (its two matrix products), which
+MMEngine 0.10.7 does not know and which every fused-attention model uses, and
+``aten::scatter_add`` (one add per source element), the way the sparse forms of W
+(merging, ``top_k`` transforms) apply themselves, which would otherwise count as free.
 """
 from collections import Counter
 from dataclasses import dataclass
@@ -20,6 +22,11 @@ COMPRESSION_MODULES = ('mmtt_transform', 'token_transform')
 
 def _shape(value) -> List[int]:
     return value.type().sizes()
+
+
+def scatter_add_flop_jit(inputs: List[Any], outputs: List[Any]) -> int:
+    """One add per element of ``src`` (its multiplications, if any, were an element-wise mul)."""
+    return prod(_shape(inputs[3]))
 
 
 def sdpa_flop_jit(inputs: List[Any], outputs: List[Any]) -> int:
@@ -52,6 +59,9 @@ def count_flops(model: nn.Module, inputs: Tuple[Any, ...]) -> FlopReport:
         with torch.no_grad():
             analyzer = FlopAnalyzer(model, inputs)
             analyzer.set_op_handle('aten::scaled_dot_product_attention', sdpa_flop_jit)
+            # The sparse forms of W (merging, top_k transforms) apply themselves by scatter-add.
+            analyzer.set_op_handle('aten::scatter_add_', scatter_add_flop_jit,
+                                   'aten::scatter_add', scatter_add_flop_jit)
             analyzer.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
             total = analyzer.total()
             per_module = analyzer.by_module()

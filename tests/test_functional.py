@@ -141,6 +141,31 @@ def test_cheap_apply_equals_dense_matrix_product(kind):
         assert torch.allclose(matrix.sizes.sum(-1), sizes.sum(-1))
 
 
+def test_top_k_keeps_the_k_largest_column_shares_of_eq5_then_eq6_and_8():
+    x = clustered_tokens(2, 12, 5, seed=2)
+    scores = torch.rand(2, 12, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    sizes = torch.randint(1, 4, (2, 12)).double()
+    for b in range(2):
+        _, _, m = ref.transform_matrix(x[b], scores[b], 5, -1.0, 20.0)
+        # Reference: zero all but each column's 2 largest m_ij, rescale columns to 1, eq. 6, 8.
+        # (kappa = -1 gates nothing, so no column is uniform and the top 2 have no ties.)
+        m = torch.where(m >= m.topk(2, dim=0).values[-1], m, 0.0)
+        mass = m / m.sum(0) * sizes[b]
+        matrix = TF.transform_token_matrix(x, scores, 5, -1.0, 20.0, sizes, top_k=2)
+        assert matrix.kind == 'scatter' and matrix.index.shape == (2, 2, 12)
+        assert torch.allclose(matrix.dense()[b], mass / mass.sum(1, keepdim=True), atol=1e-10)
+        assert torch.allclose(matrix.sizes[b], mass.sum(1), atol=1e-10)
+    w = matrix.dense()
+    assert ((w > 0).sum(dim=1) <= 2).all() and torch.allclose(w.sum(-1), torch.ones(2, 5).double())
+    assert torch.allclose(matrix.sizes.sum(-1), sizes.sum(-1))    # s still counts originals
+    assert torch.allclose(matrix.apply(x), w @ x, atol=1e-12)
+    assert torch.equal(matrix.assignment(), w.argmax(dim=1))
+    # k = M keeps every share: exactly the dense W.
+    full = TF.transform_token_matrix(x, scores, 5, -1.0, 20.0, sizes, top_k=5)
+    dense_w, dense_s = TF.transform_matrix(x, scores, 5, -1.0, 20.0, sizes)
+    assert torch.allclose(full.dense(), dense_w, atol=1e-12) and torch.allclose(full.sizes, dense_s)
+
+
 def test_tome_matches_bipartite_matching_reference():
     x = clustered_tokens(2, 13, 5, seed=4)
     for b in range(2):
@@ -214,6 +239,8 @@ def test_gradients_reach_the_input():
     (lambda x, s: TF.nearest_recovery_index(x, x[:, :, :2]), 'y has size 2 in dim 2'),
     (lambda x, s: TF.tome_matrix(x, 5), 'num_keep=5 must be in [6, 12]'),
     (lambda x, s: TF.evit_matrix(s, 1), 'num_keep=1 must be in [2, 12]'),
+    (lambda x, s: TF.transform_token_matrix(x, s, 4, 0.5, 150.0, top_k=0), 'top_k=0'),
+    (lambda x, s: TF.transform_token_matrix(x, s, 4, 0.5, 150.0, top_k=2.5), 'top_k=2.5'),
 ])
 def test_bad_input_names_the_parameter(call, needle):
     x, s = torch.randn(2, 12, 4), torch.rand(2, 12)

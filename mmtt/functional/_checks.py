@@ -35,6 +35,11 @@ def check_tau(tau: float) -> None:
         raise ValueError(f'tau={tau!r} must be > 0 (softmax temperature)')
 
 
+def check_top_k(top_k: int) -> None:
+    if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
+        raise ValueError(f'top_k={top_k!r} must be None or an int >= 1 (non-zeros kept per column of W)')
+
+
 def check_choice(name: str, value: str, choices: Sequence[str]) -> None:
     if value not in choices:
         raise ValueError(f'unknown {name}={value!r}; choose one of {", ".join(map(repr, choices))}')

@@ -20,7 +20,9 @@ class TokenMatrix:
     - ``gather`` (pruning, one-hot rows): ``index[b, i]`` is the column kept as row ``i``;
       ``Y = X[index]``.
     - ``scatter`` (merging, one non-zero per column): column ``j`` goes to row ``index[b, j]``
-      with coefficient ``weight[b, j]``; ``Y = scatter_add(weight * X)``.
+      with coefficient ``weight[b, j]``; ``Y = scatter_add(weight * X)``. With ``index`` and
+      ``weight`` of shape ``[B, k, N]`` (Token Transforming with ``top_k``), column ``j`` goes
+      to the k rows ``index[b, :, j]``.
     - ``dense`` (Token Transforming, many-to-many): ``weight`` is W itself; ``Y = W @ X``.
 
     Attributes:
@@ -29,8 +31,8 @@ class TokenMatrix:
         num_out: M, tokens after it.
         sizes: ``[B, M]``, how many original tokens each output token stands for (``s`` of
             eq. 7-8); the attention of the following layers adds ``log sizes`` to its logits.
-        index: ``[B, M]`` (gather) or ``[B, N]`` (scatter); None for dense.
-        weight: ``[B, N]`` (scatter) or ``[B, M, N]`` (dense); None for gather.
+        index: ``[B, M]`` (gather) or ``[B, N]`` / ``[B, k, N]`` (scatter); None for dense.
+        weight: ``[B, N]`` / ``[B, k, N]`` (scatter) or ``[B, M, N]`` (dense); None for gather.
     """
     kind: str
     num_in: int
@@ -47,8 +49,12 @@ class TokenMatrix:
             return x.gather(1, self.index[..., None].expand(-1, -1, channels))
         if self.kind == SCATTER:
             out = x.new_zeros(x.shape[0], self.num_out, channels)
-            src = x * self.weight[..., None].to(x.dtype)
-            return out.scatter_add_(1, self.index[..., None].expand(-1, -1, channels), src)
+            if self.index.dim() == 3:    # k rows per column: k scatters in one
+                src = (self.weight[..., None].to(x.dtype) * x[:, None]).flatten(1, 2)
+                index = self.index.flatten(1)
+            else:
+                src, index = x * self.weight[..., None].to(x.dtype), self.index
+            return out.scatter_add_(1, index[..., None].expand(-1, -1, channels), src)
         return torch.bmm(self.weight.to(x.dtype), x)
 
     def dense(self) -> Tensor:
@@ -59,10 +65,15 @@ class TokenMatrix:
         w = self.sizes.new_zeros(batch, self.num_out, self.num_in)
         if self.kind == GATHER:
             return w.scatter_(2, self.index[..., None], 1.0)
-        return w.scatter_(1, self.index[:, None, :], self.weight[:, None, :].to(w.dtype))
+        index, weight = self.index, self.weight.to(w.dtype)
+        if index.dim() == 2:
+            index, weight = index[:, None], weight[:, None]
+        return w.scatter_add_(1, index, weight)
 
     def assignment(self) -> Tensor:
         """``[B, N]``: for each input token, the output row holding most of its weight."""
         if self.kind == SCATTER:
-            return self.index
+            if self.index.dim() == 2:
+                return self.index
+            return self.index.gather(1, self.weight.argmax(dim=1, keepdim=True))[:, 0]
         return self.dense().argmax(dim=1)

@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from ..functional import (ORPHAN_RULES, SIMILARITIES, TokenMatrix, evit_matrix, mixed_scores,
                           prune_matrix, tome_matrix, transform_token_matrix, uniform_scores)
-from ..functional._checks import check_choice, check_kappa, check_tau, check_tensor
+from ..functional._checks import check_choice, check_kappa, check_tau, check_tensor, check_top_k
 
 METHODS = ('transform', 'prune', 'evit', 'tome')
 SELECTIONS = ('informative', 'cls', 'uniform', 'mixed')
@@ -48,11 +48,15 @@ class TokenTransform(nn.Module):
         similarity: ``'cosine'`` (eq. 4) or ``'euclidean'`` (Table 8's alternative).
         orphans: ``'spread'`` (the paper's formulas) or ``'nearest'``; see
             :func:`mmtt.functional.transform_matrix`.
+        top_k: None (the paper's dense W) or k: each column of W keeps its k largest
+            assignment shares, so applying W costs ``k N C`` instead of ``M N C`` (an option
+            beyond the paper for long sequences; see
+            :func:`mmtt.functional.transform_token_matrix`). Only with ``method='transform'``.
     """
 
     def __init__(self, keep_ratio: float = 0.7, method: str = 'transform', kappa: float = 0.55,
                  tau: float = 150.0, selection: str = 'informative', similarity: str = 'cosine',
-                 orphans: str = 'spread') -> None:
+                 orphans: str = 'spread', top_k: Optional[int] = None) -> None:
         super().__init__()
         if not isinstance(keep_ratio, (int, float)) or not 0 < keep_ratio <= 1:
             raise ValueError(f'keep_ratio={keep_ratio!r} must be in (0, 1]')
@@ -62,6 +66,11 @@ class TokenTransform(nn.Module):
         check_choice('orphans', orphans, ORPHAN_RULES)
         check_kappa(kappa)
         check_tau(tau)
+        if top_k is not None:
+            check_top_k(top_k)
+            if method != 'transform':
+                raise ValueError(f"top_k={top_k} applies only to method='transform', got "
+                                 f'method={method!r}')
         if method == 'tome' and keep_ratio < 0.5:
             raise ValueError(f"keep_ratio={keep_ratio} is below 0.5, which method='tome' cannot "
                              'reach in one step (bipartite matching merges at most half)')
@@ -72,6 +81,7 @@ class TokenTransform(nn.Module):
         self.selection = selection
         self.similarity = similarity
         self.orphans = orphans
+        self.top_k = top_k
 
     @property
     def score_kind(self) -> Optional[str]:
@@ -131,7 +141,7 @@ class TokenTransform(nn.Module):
         if self.method == 'transform':
             matrix = transform_token_matrix(feats, scores, num_keep, self.kappa, self.tau,
                                             token_sizes, similarity_kind=self.similarity,
-                                            orphans=self.orphans)
+                                            orphans=self.orphans, top_k=self.top_k)
         elif self.method == 'prune':
             matrix = prune_matrix(scores, num_keep, token_sizes)
         elif self.method == 'evit':
@@ -147,4 +157,4 @@ class TokenTransform(nn.Module):
     def extra_repr(self) -> str:
         return (f'keep_ratio={self.keep_ratio}, method={self.method!r}, kappa={self.kappa}, '
                 f'tau={self.tau}, selection={self.selection!r}, similarity={self.similarity!r}, '
-                f'orphans={self.orphans!r}')
+                f'orphans={self.orphans!r}, top_k={self.top_k}')

@@ -328,6 +328,9 @@ class TokenSwinTransformer(SwinTransformer):
         if transform.method != 'transform':
             raise ValueError(f'token_transform.method={transform.method!r} is not supported in '
                              "windows; use 'transform'")
+        if transform.top_k is not None:
+            raise ValueError(f'token_transform.top_k={transform.top_k} is not supported in windows '
+                             '(W spans one window, so it is small already); leave it out')
         if transform.selection not in ('informative', 'uniform'):
             raise ValueError(f'token_transform.selection={transform.selection!r} is not supported '
                              "(Swin has no class token); use 'informative' or 'uniform'")

@@ -44,17 +44,18 @@ def timed(fn: Callable[[], object], warmup: int, repeats: int, device: torch.dev
     return statistics.median(times)
 
 
-def build_timm(args, method: Optional[str]) -> Tuple[torch.nn.Module, Tuple[int, int]]:
+def build_timm(args, method: Optional[str], top_k: Optional[int] = None) -> Tuple[torch.nn.Module, Tuple[int, int]]:
     import timm
     from mmtt.patch.timm import apply_patch
     kwargs = dict(img_size=args.img_size) if args.img_size else {}
     model = timm.create_model(args.model, pretrained=False, **kwargs).eval()
     if method is not None:
-        apply_patch(model, method=method, keep_ratio=args.keep_ratio, layers=args.layers)
+        extra = {} if top_k is None else dict(top_k=top_k)
+        apply_patch(model, method=method, keep_ratio=args.keep_ratio, layers=args.layers, **extra)
     return model, tuple(model.patch_embed.img_size)
 
 
-def build_config(args, method: Optional[str]) -> Tuple[torch.nn.Module, Tuple[int, int]]:
+def build_config(args, method: Optional[str], top_k: Optional[int] = None) -> Tuple[torch.nn.Module, Tuple[int, int]]:
     from mmengine.config import Config
     from mmtt.tools.det_utils import tensor_forward
     from mmtt.tools.get_flops import build_model, default_shape, unmodified
@@ -63,18 +64,20 @@ def build_config(args, method: Optional[str]) -> Tuple[torch.nn.Module, Tuple[in
         cfg = unmodified(cfg)
     elif method != 'config':
         cfg.model.backbone.token_transform.method = method
+    if top_k is not None:
+        cfg.model.backbone.token_transform.top_k = top_k
     model = build_model(cfg)
     return tensor_forward(model), tuple(args.shape or default_shape(cfg))
 
 
-def measure(args, method: Optional[str]) -> dict:
+def measure(args, method: Optional[str], top_k: Optional[int] = None) -> dict:
     """One variant, in the current process: method None is the unmodified model."""
     from mmtt.analysis import count_flops
     torch.manual_seed(0)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    model, shape = (build_config if args.config else build_timm)(args, method)
+    model, shape = (build_config if args.config else build_timm)(args, method, top_k)
     model = model.to(device)
     flops = count_flops(model, (torch.randn(1, 3, *shape, device=device),))
     one = torch.randn(1, 3, *shape, device=device)
@@ -85,20 +88,21 @@ def measure(args, method: Optional[str]) -> dict:
     batch_time = timed(lambda: model(batch), args.warmup, args.repeats, device)
     peak = (torch.cuda.max_memory_allocated() if device.type == 'cuda'
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    return dict(method=method or 'unmodified', gflops=flops.gflops,
+    name = (method or 'unmodified') + ('' if top_k is None else f' k={top_k}')
+    return dict(method=name, gflops=flops.gflops,
                 compression_gflops=flops.compression / 1e9, latency_ms=latency * 1e3,
                 throughput=args.batch / batch_time, peak_mem_mb=peak / 2 ** 20,
                 uncounted_ops=sorted(flops.uncounted))
 
 
-def _worker(args, method, queue) -> None:
-    queue.put(measure(args, method))
+def _worker(args, method, top_k, queue) -> None:
+    queue.put(measure(args, method, top_k))
 
 
-def measure_in_fresh_process(args, method: Optional[str]) -> dict:
+def measure_in_fresh_process(args, method: Optional[str], top_k: Optional[int] = None) -> dict:
     ctx = mp.get_context('spawn')
     queue = ctx.Queue()
-    proc = ctx.Process(target=_worker, args=(args, method, queue))
+    proc = ctx.Process(target=_worker, args=(args, method, top_k, queue))
     proc.start()
     result = queue.get()
     proc.join()
@@ -117,6 +121,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--layers', type=int, nargs='+', default=[3, 6, 9], help='timm models, 0-based')
     parser.add_argument('--img-size', type=int, default=None, help='timm models')
     parser.add_argument('--shape', type=int, nargs=2, default=None, help='configs: input H W')
+    parser.add_argument('--top-k', type=int, nargs='+', default=None,
+                        help='also run Token Transforming with W kept to K non-zeros per column '
+                             '(TokenTransform top_k), one variant per K')
     parser.add_argument('--batch', type=int, default=8)
     parser.add_argument('--warmup', type=int, default=2)
     parser.add_argument('--repeats', type=int, default=5)
@@ -127,6 +134,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     for m in args.methods or []:
         if m not in METHODS:
             parser.error(f'unknown method {m!r}; choose from {METHODS}')
+    for k in args.top_k or []:
+        if k < 1:
+            parser.error(f'--top-k {k} must be >= 1')
     return args
 
 
@@ -141,8 +151,10 @@ def main(argv=None) -> List[dict]:
     args = parse_args(argv)
     methods = args.methods or (['config'] if args.config else ['transform'])
     results = []
-    for method in tqdm([None] + methods, desc='variants'):
-        results.append(measure_in_fresh_process(args, method))
+    # Each --top-k adds a variant of the transform (timm) or of the config's own method.
+    sparse = [('transform' if args.model else 'config', k) for k in args.top_k or []]
+    for method, top_k in tqdm([(None, None)] + [(m, None) for m in methods] + sparse, desc='variants'):
+        results.append(measure_in_fresh_process(args, method, top_k))
     base = results[0]
     for r in results:
         r['gflops_ratio'] = base['gflops'] / r['gflops']
@@ -151,10 +163,10 @@ def main(argv=None) -> List[dict]:
     target = args.model or args.config
     print(f'\n{target} on {describe_hardware(args.device, args.threads)}, batch {args.batch} for throughput, '
           f'median of {args.repeats}')
-    print(f'{"method":<12}{"GFLOPs":>9}{"x":>7}{"ops %":>7}{"latency ms":>12}{"x":>7}{"img/s":>9}'
+    print(f'{"method":<16}{"GFLOPs":>9}{"x":>7}{"ops %":>7}{"latency ms":>12}{"x":>7}{"img/s":>9}'
           f'{"x":>7}{"peak MB":>9}')
     for r in results:
-        print(f'{r["method"]:<12}{r["gflops"]:>9.2f}{r["gflops_ratio"]:>7.2f}'
+        print(f'{r["method"]:<16}{r["gflops"]:>9.2f}{r["gflops_ratio"]:>7.2f}'
               f'{100 * r["compression_gflops"] / r["gflops"]:>7.2f}{r["latency_ms"]:>12.1f}'
               f'{r["latency_ratio"]:>7.2f}{r["throughput"]:>9.2f}{r["throughput_ratio"]:>7.2f}'
               f'{r["peak_mem_mb"]:>9.0f}')
