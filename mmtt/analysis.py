@@ -4,8 +4,9 @@ A multiply-add counts as one FLOP and element-wise ops (add, softmax, norms...) 
 counted; :func:`count_flops` lists every op it did not count, so nothing is hidden. Two
 handles are added: ``aten::scaled_dot_product_attention`` (its two matrix products), which
 MMEngine 0.10.7 does not know and which every fused-attention model uses, and
-``aten::scatter_add`` (one add per source element), the way the sparse forms of W
-(merging, ``top_k`` transforms) apply themselves, which would otherwise count as free.
+``aten::scatter_add`` / ``aten::index_add`` (one add per source element), the way the
+sparse forms of W (merging, ``top_k`` transforms) apply themselves, which would otherwise
+count as free.
 """
 from collections import Counter
 from dataclasses import dataclass
@@ -25,7 +26,8 @@ def _shape(value) -> List[int]:
 
 
 def scatter_add_flop_jit(inputs: List[Any], outputs: List[Any]) -> int:
-    """One add per element of ``src`` (its multiplications, if any, were an element-wise mul)."""
+    """``scatter_add(self, dim, index, src)`` and ``index_add(self, dim, index, source)``: one
+    add per source element (its multiplications, if any, were an element-wise mul)."""
     return prod(_shape(inputs[3]))
 
 
@@ -59,9 +61,11 @@ def count_flops(model: nn.Module, inputs: Tuple[Any, ...]) -> FlopReport:
         with torch.no_grad():
             analyzer = FlopAnalyzer(model, inputs)
             analyzer.set_op_handle('aten::scaled_dot_product_attention', sdpa_flop_jit)
-            # The sparse forms of W (merging, top_k transforms) apply themselves by scatter-add.
+            # The sparse forms of W (merging, top_k transforms) apply themselves by index/scatter-add.
             analyzer.set_op_handle('aten::scatter_add_', scatter_add_flop_jit,
-                                   'aten::scatter_add', scatter_add_flop_jit)
+                                   'aten::scatter_add', scatter_add_flop_jit,
+                                   'aten::index_add_', scatter_add_flop_jit,
+                                   'aten::index_add', scatter_add_flop_jit)
             analyzer.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
             total = analyzer.total()
             per_module = analyzer.by_module()
