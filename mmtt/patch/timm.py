@@ -7,6 +7,7 @@ the fused attention kernel stays in use.
 """
 from typing import Dict, Optional, Sequence
 
+import torch.nn.functional as F
 from timm.layers import Attention
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import Tensor
@@ -43,8 +44,12 @@ class TokenAttention(Attention):
         gate = self.gate(x).sigmoid() if self.gate is not None else None
         q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k = self.q_norm(q), self.k_norm(k)
-        out, informative, cls = attention_with_scores(q, k, v, attn_mask)
-        self.captured = {'informative': informative, 'cls': cls, 'keys': k.mean(dim=1)}
+        if self._mmtt_capture is None:   # keys only (ToMe): the fused kernel still applies
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+            self.captured = {'keys': k.mean(dim=1)}
+        else:
+            out, informative, cls = attention_with_scores(q, k, v, attn_mask)
+            self.captured = {'informative': informative, 'cls': cls, 'keys': k.mean(dim=1)}
         out = self.norm(out.transpose(1, 2).reshape(b, n, self.attn_dim))
         if gate is not None:
             out = out * gate
