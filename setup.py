@@ -4,6 +4,7 @@ import shutil
 import sys
 
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
 
 # OpenMMLab layout: configs (and the tools and metafiles) ship inside the package under
 # mmtt/.mim/, which is where mmengine resolves `mmtt::` config bases. An editable install
@@ -30,6 +31,20 @@ def add_mim_extension() -> None:
             shutil.copytree(src, dst, ignore=shutil.ignore_patterns('__pycache__'))
         else:
             shutil.copyfile(src, dst)
+
+
+class BuildWithMimHook(build_py):
+    """Also puts the start-up hook of ``mmtt/_mim_hook.py`` at the top of the built tree, so a
+    wheel install resolves ``mmtt::`` config bases in scripts that never import mmtt (mmseg's
+    and mmdet's own tools). Editable installs import mmtt for that instead."""
+
+    def run(self) -> None:
+        super().run()
+        if self.editable_mode:
+            return
+        shutil.copyfile(osp.join('mmtt', '_mim_hook.py'), osp.join(self.build_lib, '_mmtt_mim_hook.py'))
+        with open(osp.join(self.build_lib, 'mmtt-mim.pth'), 'w') as f:
+            f.write('import _mmtt_mim_hook; _mmtt_mim_hook.install()\n')
 
 
 def read_version() -> str:
@@ -66,6 +81,7 @@ if __name__ == '__main__':
             'mmtt-benchmark = mmtt.tools.benchmark:main',
             'mmtt-get-flops = mmtt.tools.get_flops:main',
         ]},
+        cmdclass={'build_py': BuildWithMimHook},
         license='Apache-2.0',
         zip_safe=False,
     )

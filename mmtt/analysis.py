@@ -55,7 +55,9 @@ class FlopReport:
 def count_flops(model: nn.Module, inputs: Tuple[Any, ...]) -> FlopReport:
     """Count the FLOPs of ``model(*inputs)`` (jit trace of one forward, in eval mode)."""
     from mmengine.analysis import FlopAnalyzer
-    was_training = model.training
+    # Restored module by module: a wrapper built in training mode around an eval-mode model
+    # must not switch the model to training mode on the way out.
+    modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
         with torch.no_grad():
@@ -71,7 +73,8 @@ def count_flops(model: nn.Module, inputs: Tuple[Any, ...]) -> FlopReport:
             per_module = analyzer.by_module()
             uncounted = Counter(analyzer.unsupported_ops())
     finally:
-        model.train(was_training)
+        for module, training in modes:
+            module.training = training
     by_module = {name: n for name, n in per_module.items() if name and '.' not in name}
     compression = sum(n for name, n in per_module.items()
                       if name.rsplit('.', 1)[-1] in COMPRESSION_MODULES)

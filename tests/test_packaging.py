@@ -76,3 +76,33 @@ def test_version_check_names_installed_and_supported(monkeypatch):
         compat.check_versions()
     monkeypatch.setitem(compat.SUPPORTED, 'mmcv', ('2.0.0', '2.2.0'))
     compat.check_versions()
+
+
+def test_mmseg_own_test_tool_takes_a_downstream_config_through_the_start_up_hook(installed, tmp_path):
+    """mmseg's tools/test.py never imports mmtt before parsing `_base_`: the wheel's .pth hook
+    makes `mmtt::` resolve; the same run without the hook fails on that base."""
+    import mmseg
+    import torch
+    assert (installed / 'mmtt-mim.pth').is_file() and (installed / '_mmtt_mim_hook.py').is_file()
+    write_tiny_ade20k(tmp_path / 'data')
+    # A bare state dict: upstream tools do not allow-list a Runner checkpoint's objects.
+    state = torch.load(save_mmseg_checkpoint(tmp_path), weights_only=False)['state_dict']
+    ckpt = tmp_path / 'state_only.pth'
+    torch.save(dict(state_dict=state), ckpt)
+    downstream = write_config(
+        tmp_path, 'downstream', dict(TINY_VIT, reduce_layers=(1, 2)),
+        base='mmtt::segmenter_tt_ade20k.py', replace_backbone=False,
+        header="custom_imports = dict(imports=['mmtt'], allow_failed_imports=False)\n")
+    mmseg_test = os.path.join(os.path.dirname(mmseg.__file__), '.mim', 'tools', 'test.py')
+    work = tmp_path / 'elsewhere'
+    work.mkdir()
+    run = ('import runpy, site, sys; {}sys.argv = sys.argv[1:]; '
+           'runpy.run_path(sys.argv[0], run_name="__main__")')
+    args = [str(mmseg_test), str(downstream), str(ckpt)]
+    env = dict(PYTHONPATH=str(installed))
+    without = subprocess.run([sys.executable, '-c', run.format(''), *args], cwd=work,
+                             env=dict(os.environ, **env), capture_output=True, text=True, timeout=600)
+    assert without.returncode != 0 and '_get_package_and_cfg_path' in without.stderr[-2000:]
+    with_hook = run.format(f'site.addsitedir({str(installed)!r}); ')
+    metrics = run_tool([sys.executable, '-c', with_hook, *args], work, env)
+    assert 0 <= metrics[1] <= 100

@@ -67,7 +67,8 @@ def build_config(args, method: Optional[str], top_k: Optional[int] = None) -> Tu
     if top_k is not None:
         cfg.model.backbone.token_transform.top_k = top_k
     model = build_model(cfg)
-    return tensor_forward(model), tuple(args.shape or default_shape(cfg))
+    net = model.backbone if args.part == 'backbone' else tensor_forward(model)
+    return net, tuple(args.shape or default_shape(cfg))
 
 
 def measure(args, method: Optional[str], top_k: Optional[int] = None) -> dict:
@@ -79,6 +80,7 @@ def measure(args, method: Optional[str], top_k: Optional[int] = None) -> dict:
     device = torch.device(args.device)
     model, shape = (build_config if args.config else build_timm)(args, method, top_k)
     model = model.to(device)
+    model.eval()   # not chained: mmdet's SwinTransformer.train() returns None
     flops = count_flops(model, (torch.randn(1, 3, *shape, device=device),))
     one = torch.randn(1, 3, *shape, device=device)
     batch = torch.randn(args.batch, 3, *shape, device=device)
@@ -121,6 +123,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--layers', type=int, nargs='+', default=[3, 6, 9], help='timm models, 0-based')
     parser.add_argument('--img-size', type=int, default=None, help='timm models')
     parser.add_argument('--shape', type=int, nargs=2, default=None, help='configs: input H W')
+    parser.add_argument('--part', choices=['model', 'backbone'], default='model',
+                        help='configs: time the whole model or its backbone alone')
     parser.add_argument('--top-k', type=int, nargs='+', default=None,
                         help='also run Token Transforming with W kept to K non-zeros per column '
                              '(TokenTransform top_k), one variant per K')
@@ -160,7 +164,7 @@ def main(argv=None) -> List[dict]:
         r['gflops_ratio'] = base['gflops'] / r['gflops']
         r['latency_ratio'] = base['latency_ms'] / r['latency_ms']
         r['throughput_ratio'] = r['throughput'] / base['throughput']
-    target = args.model or args.config
+    target = args.model or f'{args.config} ({"backbone alone" if args.part == "backbone" else "whole model"})'
     print(f'\n{target} on {describe_hardware(args.device, args.threads)}, batch {args.batch} for throughput, '
           f'median of {args.repeats}')
     print(f'{"method":<16}{"GFLOPs":>9}{"x":>7}{"ops %":>7}{"latency ms":>12}{"x":>7}{"img/s":>9}'

@@ -1,0 +1,67 @@
+"""Resolution of ``mmtt::`` config bases inside MMEngine, also for scripts that never import mmtt.
+
+MMEngine 0.10 resolves ``pkg::path`` only for packages in its hard-coded ``MODULE2PACKAGE``
+table and only for paths with a folder (``mmdet::dino/x.py``). :func:`patch_config_utils`
+adds mmtt to the table and accepts its top-level configs (``mmtt::segmenter_tt_ade20k.py``).
+
+Two ways in: ``import mmtt`` applies it (:mod:`mmtt._mim`), and a wheel install of mmtt also
+installs this file as the top-level module ``_mmtt_mim_hook`` with a ``.pth`` line that runs
+:func:`install` at interpreter start-up. That only puts a finder on ``sys.meta_path`` which
+waits for ``mmengine.config.utils`` to be imported and patches it right after it executes,
+before ``mmengine.config.config`` imports names from it; so mmseg's or mmdet's own
+``tools/test.py`` can parse a config whose ``_base_`` is an ``mmtt::`` config. Standard
+library only: nothing else is imported at start-up.
+"""
+import re
+import sys
+from importlib.abc import MetaPathFinder
+
+CONFIG_UTILS = 'mmengine.config.utils'
+_TOP_LEVEL_CONFIG = re.compile(r'mmtt::[\w.-]+\.py$')
+
+
+def patch_config_utils(utils) -> None:
+    """Make the module ``mmengine.config.utils`` resolve ``mmtt::`` bases (idempotent)."""
+    utils.MODULE2PACKAGE.setdefault('mmtt', 'mmtt')
+    original = utils._get_package_and_cfg_path
+    if getattr(original, '_mmtt', False):
+        return
+
+    def _get_package_and_cfg_path(cfg_path: str):
+        if _TOP_LEVEL_CONFIG.match(cfg_path):
+            return 'mmtt', cfg_path.partition('::')[2]
+        return original(cfg_path)
+
+    _get_package_and_cfg_path._mmtt = True
+    utils._get_package_and_cfg_path = _get_package_and_cfg_path
+
+
+class _ConfigUtilsFinder(MetaPathFinder):
+    """Finds nothing itself: wraps the real loader of ``mmengine.config.utils``."""
+
+    def find_spec(self, name, path, target=None):
+        if name != CONFIG_UTILS:
+            return None
+        sys.meta_path.remove(self)   # one module to patch, once
+        for finder in sys.meta_path:
+            spec = finder.find_spec(name, path, target) if hasattr(finder, 'find_spec') else None
+            if spec is not None and spec.loader is not None:
+                break
+        else:
+            return None
+        execute = spec.loader.exec_module
+
+        def exec_module(module):
+            execute(module)
+            patch_config_utils(module)
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+def install() -> None:
+    """Patch ``mmengine.config.utils`` now if it is loaded, else as soon as it is imported."""
+    if CONFIG_UTILS in sys.modules:
+        patch_config_utils(sys.modules[CONFIG_UTILS])
+    elif not any(isinstance(f, _ConfigUtilsFinder) for f in sys.meta_path):
+        sys.meta_path.insert(0, _ConfigUtilsFinder())

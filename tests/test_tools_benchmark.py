@@ -1,0 +1,53 @@
+"""tools/benchmark.py: timm models side by side in fresh processes, and detector / segmentor
+configs timed in eval mode, whole or backbone alone."""
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from mmtt.analysis import count_flops
+from mmtt.tools import benchmark
+
+from tiny_coco import TINY_SWIN, TINY_TT, write_config
+
+
+def test_timm_variants_side_by_side_with_ratios_and_json(tmp_path, capsys):
+    out = tmp_path / 'bench.json'
+    results = benchmark.main(['--model', 'vit_tiny_patch16_224', '--img-size', '112', '--methods',
+                              'transform', 'tome', '--top-k', '4', '--batch', '2', '--warmup', '0',
+                              '--repeats', '1', '--threads', '1', '--json', str(out)])
+    assert [r['method'] for r in results] == ['unmodified', 'transform', 'tome', 'transform k=4']
+    base, transform, _, sparse = results
+    assert base['gflops_ratio'] == 1.0 and base['compression_gflops'] == 0
+    assert transform['gflops'] < base['gflops'] and transform['compression_gflops'] > 0
+    assert 0 < sparse['compression_gflops'] < transform['compression_gflops']
+    assert json.loads(out.read_text())['results'][3]['method'] == 'transform k=4'
+    assert 'transform k=4' in capsys.readouterr().out
+
+
+class Wrapper(nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x)
+
+
+def test_count_flops_leaves_every_module_in_its_own_mode():
+    inner = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5)).eval()
+    wrapper = Wrapper(inner)              # a fresh wrapper is in training mode
+    count_flops(wrapper, (torch.randn(2, 4),))
+    assert wrapper.training and not any(m.training for m in inner.modules())
+
+
+@pytest.mark.parametrize('part', ['model', 'backbone'])
+def test_detector_config_is_timed_in_eval_mode(tmp_path, part):
+    # DINO in training mode needs ground-truth boxes: a benchmark that left it there crashed.
+    config = write_config(tmp_path, 'tiny', {**TINY_SWIN, **TINY_TT, 'type': 'TokenSwinTransformer'})
+    args = benchmark.parse_args(['--config', str(config), '--shape', '96', '128', '--part', part,
+                                 '--batch', '1', '--warmup', '0', '--repeats', '1', '--threads', '1'])
+    plain, reduced = benchmark.measure(args, None), benchmark.measure(args, 'config')
+    assert reduced['gflops'] < plain['gflops'] and reduced['compression_gflops'] > 0
+    assert reduced['latency_ms'] > 0 and reduced['throughput'] > 0
