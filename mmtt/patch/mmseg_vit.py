@@ -22,17 +22,21 @@ from ._state import TokenState
 class TokenMultiheadAttention(MultiheadAttention):
     """mmcv ``MultiheadAttention`` that applies the size bias (eq. 7) and can return scores.
 
-    Until a reduction has happened it is mmcv's module unchanged. After one, it computes the
-    same attention from the same ``in_proj``/``out_proj`` weights through
-    ``F.scaled_dot_product_attention`` with ``log s`` as the mask: ``nn.MultiheadAttention``
-    would need that mask expanded to ``[B * heads, N, N]``.
+    In a backbone with a reduction configured it computes mmcv's attention from the same
+    ``in_proj``/``out_proj`` weights through ``F.scaled_dot_product_attention``, with ``log s``
+    as the mask once tokens have been reduced (``nn.MultiheadAttention`` would need that mask
+    expanded to ``[B * heads, N, N]``), and in every layer: mmcv's path materialises the
+    ``[B * heads, N, N]`` map, which on a CPU made Segmenter-L's unreduced layers 1.7x slower
+    than SDPA. With no reduction configured it is mmcv's module unchanged, so outputs equal
+    mmseg's exactly.
     """
     _mmtt_state: TokenState
     _mmtt_capture: Optional[str] = None   # 'informative' or 'cls' in a reducing layer
+    _mmtt_fused: bool = False             # SDPA even before the first reduction
 
     def forward(self, query: Tensor, identity: Optional[Tensor] = None, **kwargs) -> Tensor:
         state = self._mmtt_state
-        if state.sizes is None and self._mmtt_capture is None:
+        if state.sizes is None and self._mmtt_capture is None and not self._mmtt_fused:
             return super().forward(query, identity=identity, **kwargs)
         if kwargs.get('key') is not None or not self.batch_first:
             raise ValueError('TokenMultiheadAttention supports batch-first self-attention only')
@@ -120,6 +124,7 @@ class TokenVisionTransformer(VisionTransformer):
             layer.attn.__class__ = TokenMultiheadAttention
             layer._mmtt_state = layer.attn._mmtt_state = state
             layer.mmtt_transform = transform if i in reduce_layers else None
+            layer.attn._mmtt_fused = transform is not None and transform.keep_ratio < 1
 
     def _grid_output(self, x: Tensor, hw_shape) -> object:
         # As mmseg's forward: drop the class token, tokens -> [B, C, H, W].
