@@ -51,3 +51,31 @@ def test_detector_config_is_timed_in_eval_mode(tmp_path, part):
     plain, reduced = benchmark.measure(args, None), benchmark.measure(args, 'config')
     assert reduced['gflops'] < plain['gflops'] and reduced['compression_gflops'] > 0
     assert reduced['latency_ms'] > 0 and reduced['throughput'] > 0
+
+
+def test_sdpa_baseline_is_the_unmodified_model_on_the_fused_kernel(tmp_path, monkeypatch):
+    from mmengine.config import Config
+    from mmtt.tools.get_flops import build_model, unmodified
+    from tiny_seg import TINY_VIT, write_config as write_seg_config
+    config = write_seg_config(tmp_path, 'tiny', dict(
+        TINY_VIT, type='TokenVisionTransformer', reduce_layers=(1, 2),
+        token_transform=dict(type='TokenTransform', keep_ratio=0.7),
+        token_recovery=dict(type='TokenRecovery')))
+    cfg = unmodified(Config.fromfile(str(config)))
+    plain, fused = build_model(cfg), build_model(cfg)
+    fused.load_state_dict(plain.state_dict())
+    benchmark.use_fused_attention(fused.backbone)
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, 'scaled_dot_product_attention',
+                        lambda *a, **k: calls.append(1) or sdpa(*a, **k))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(fused.backbone(x)[-1], plain.backbone(x)[-1], atol=1e-5)
+    assert len(calls) == len(fused.backbone.layers)    # only the fused model called SDPA
+    args = benchmark.parse_args(['--config', str(config), '--sdpa-baseline', '--batch', '1',
+                                 '--warmup', '0', '--repeats', '1', '--threads', '1'])
+    result = benchmark.measure(args, benchmark.SDPA_BASELINE)
+    assert result['method'] == benchmark.SDPA_BASELINE and result['compression_gflops'] == 0
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(['--model', 'vit_tiny_patch16_224', '--sdpa-baseline'])

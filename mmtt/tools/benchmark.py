@@ -55,18 +55,34 @@ def build_timm(args, method: Optional[str], top_k: Optional[int] = None) -> Tupl
     return model, tuple(model.patch_embed.img_size)
 
 
+SDPA_BASELINE = 'unmodified+SDPA'
+
+
+def use_fused_attention(backbone: torch.nn.Module) -> None:
+    """Run every attention of an mmtt mmseg ViT through SDPA, as a reduced one does: the
+    unmodified model's outputs with the kernel the reduced model uses (mmseg's own
+    ``nn.MultiheadAttention`` path materialises the N x N map)."""
+    from mmtt.patch.mmseg_vit import TokenVisionTransformer
+    if not isinstance(backbone, TokenVisionTransformer):
+        raise ValueError(f'--sdpa-baseline needs an mmtt mmseg ViT backbone, got {type(backbone).__name__}')
+    for layer in backbone.layers:
+        layer.attn._mmtt_fused = True
+
+
 def build_config(args, method: Optional[str], top_k: Optional[int] = None) -> Tuple[torch.nn.Module, Tuple[int, int]]:
     from mmengine.config import Config
     from mmtt.tools.det_utils import tensor_forward
     from mmtt.tools.get_flops import build_model, default_shape, unmodified
     cfg = Config.fromfile(args.config)
-    if method is None:
+    if method in (None, SDPA_BASELINE):
         cfg = unmodified(cfg)
     elif method != 'config':
         cfg.model.backbone.token_transform.method = method
     if top_k is not None:
         cfg.model.backbone.token_transform.top_k = top_k
     model = build_model(cfg)
+    if method == SDPA_BASELINE:
+        use_fused_attention(model.backbone)
     net = model.backbone if args.part == 'backbone' else tensor_forward(model)
     return net, tuple(args.shape or default_shape(cfg))
 
@@ -128,6 +144,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--top-k', type=int, nargs='+', default=None,
                         help='also run Token Transforming with W kept to K non-zeros per column '
                              '(TokenTransform top_k), one variant per K')
+    parser.add_argument('--sdpa-baseline', action='store_true',
+                        help='configs with an mmseg ViT backbone: also time the unmodified model '
+                             'with fused SDPA attention in every layer (a kernel-matched baseline)')
     parser.add_argument('--batch', type=int, default=8)
     parser.add_argument('--warmup', type=int, default=2)
     parser.add_argument('--repeats', type=int, default=5)
@@ -138,6 +157,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     for m in args.methods or []:
         if m not in METHODS:
             parser.error(f'unknown method {m!r}; choose from {METHODS}')
+    if args.sdpa_baseline and not args.config:
+        parser.error('--sdpa-baseline needs --config (timm models already use SDPA)')
     for k in args.top_k or []:
         if k < 1:
             parser.error(f'--top-k {k} must be >= 1')
@@ -157,7 +178,9 @@ def main(argv=None) -> List[dict]:
     results = []
     # Each --top-k adds a variant of the transform (timm) or of the config's own method.
     sparse = [('transform' if args.model else 'config', k) for k in args.top_k or []]
-    for method, top_k in tqdm([(None, None)] + [(m, None) for m in methods] + sparse, desc='variants'):
+    baseline = [(SDPA_BASELINE, None)] if args.sdpa_baseline else []
+    variants = [(None, None)] + baseline + [(m, None) for m in methods] + sparse
+    for method, top_k in tqdm(variants, desc='variants'):
         results.append(measure_in_fresh_process(args, method, top_k))
     base = results[0]
     for r in results:
@@ -175,6 +198,15 @@ def main(argv=None) -> List[dict]:
               f'{r["latency_ratio"]:>7.2f}{r["throughput"]:>9.2f}{r["throughput_ratio"]:>7.2f}'
               f'{r["peak_mem_mb"]:>9.0f}')
     print('"ops %": share of the GFLOPs spent in the reduction modules themselves')
+    if args.sdpa_baseline:
+        fused = results[1]
+        print(f'against {SDPA_BASELINE} (same kernel, the reduction alone):')
+        for r in results[2:]:
+            r['latency_ratio_vs_sdpa'] = fused['latency_ms'] / r['latency_ms']
+            r['throughput_ratio_vs_sdpa'] = r['throughput'] / fused['throughput']
+            print(f'  {r["method"]:<16} latency x{r["latency_ratio_vs_sdpa"]:.2f}, '
+                  f'throughput x{r["throughput_ratio_vs_sdpa"]:.2f}, '
+                  f'GFLOPs x{fused["gflops"] / r["gflops"]:.2f}')
     print('not counted in GFLOPs (element-wise by convention):',
           ', '.join(sorted({op for r in results for op in r['uncounted_ops']})))
     if args.json:
