@@ -42,20 +42,16 @@ def test_mmseg_vit_state_dict_loads_strictly_and_ratio_one_is_exact():
             assert torch.allclose(a, b, atol=1e-5)
 
 
-def test_layers_before_the_first_reduction_run_sdpa_and_equal_mmseg(monkeypatch):
+def test_layers_before_the_first_reduction_run_sdpa_and_equal_mmseg(sdpa_calls):
     torch.manual_seed(0)
     ref = build(dict(TINY_VIT, type='VisionTransformer', out_indices=(0, 3)))
     ours = build(tt_backbone(keep_ratio=0.5, out_indices=(0, 3)))
     ours.load_state_dict(ref.state_dict(), strict=True)
-    calls = []
-    sdpa = torch.nn.functional.scaled_dot_product_attention
-    monkeypatch.setattr(torch.nn.functional, 'scaled_dot_product_attention',
-                        lambda *a, **k: calls.append(1) or sdpa(*a, **k))
     x = torch.randn(2, 3, 80, 112)
     with torch.no_grad():
         early, late = ours(x)
         assert torch.allclose(early, ref(x)[0], atol=1e-5)
-    assert len(calls) == 2   # layers 0 and 3: layers 1 and 2 reduce (attention with scores)
+    assert len(sdpa_calls) == 2   # layers 0 and 3: layers 1 and 2 reduce (attention with scores)
 
 
 @pytest.mark.parametrize('method', ['transform', 'tome', 'evit', 'prune'])

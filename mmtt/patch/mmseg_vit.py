@@ -124,7 +124,15 @@ class TokenVisionTransformer(VisionTransformer):
             layer.attn.__class__ = TokenMultiheadAttention
             layer._mmtt_state = layer.attn._mmtt_state = state
             layer.mmtt_transform = transform if i in reduce_layers else None
-            layer.attn._mmtt_fused = transform is not None and transform.keep_ratio < 1
+
+        self.use_fused_attention(transform is not None and transform.keep_ratio < 1)
+
+    def use_fused_attention(self, enabled: bool = True) -> None:
+        """Run every layer's attention through SDPA (``enabled``) or mmcv's own module until
+        the first reduction. A reduced model uses SDPA; on the unmodified model this gives
+        the kernel-matched baseline of ``tools/benchmark.py --sdpa-baseline``."""
+        for layer in self.layers:
+            layer.attn._mmtt_fused = bool(enabled)
 
     def _grid_output(self, x: Tensor, hw_shape) -> object:
         # As mmseg's forward: drop the class token, tokens -> [B, C, H, W].

@@ -65,8 +65,7 @@ def use_fused_attention(backbone: torch.nn.Module) -> None:
     from mmtt.patch.mmseg_vit import TokenVisionTransformer
     if not isinstance(backbone, TokenVisionTransformer):
         raise ValueError(f'--sdpa-baseline needs an mmtt mmseg ViT backbone, got {type(backbone).__name__}')
-    for layer in backbone.layers:
-        layer.attn._mmtt_fused = True
+    backbone.use_fused_attention()
 
 
 def build_config(args, method: Optional[str], top_k: Optional[int] = None) -> Tuple[torch.nn.Module, Tuple[int, int]]:
