@@ -22,6 +22,7 @@ from mmtt.analysis import count_flops
 from mmtt.models.dpt import (BTSDepthMetric, GradientMatchingLoss, ScaleShiftInvariantLoss,
                              convert_dpt_key, convert_dpt_state_dict)
 
+from tiny_seg import free_port
 from tiny_nyu import (METRICS, REPO, TINY_BACKBONE, TINY_HEAD, OfficialDPTHybrid, build_tiny,
                       depth_pngs, run_tool, tiny_official, write_config, write_tiny_nyu)
 
@@ -253,7 +254,7 @@ def test_dist_test_on_two_cpu_processes_matches_one(nyu_setup, tool_runs):
     tmp, ckpt = nyu_setup
     double = run_tool(['bash', str(REPO / 'tools/dist_test.sh'), str(tmp / 'reduced.py'), str(ckpt),
                        '2', '--out', 'out_double', '--work-dir', 'wd_double'], tmp,
-                      dict(PORT='29531'))
+                      dict(PORT=free_port()))
     assert list(double) == list(METRICS)
     assert double == pytest.approx(tool_runs[0]['reduced'], abs=2e-4)
     maps = depth_pngs(tmp / 'out_double')

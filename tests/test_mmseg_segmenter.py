@@ -13,8 +13,8 @@ from mmengine.registry import init_default_scope
 import mmtt  # noqa: F401  (registers the backbone)
 from mmseg.registry import MODELS
 
-from tiny_seg import (REPO, TINY_VIT, predictions, run_tool, save_mmseg_checkpoint, write_config,
-                      write_tiny_ade20k)
+from tiny_seg import (REPO, TINY_VIT, free_port, predictions, run_tool, save_mmseg_checkpoint,
+                      write_config, write_tiny_ade20k)
 
 
 def build(cfg):
@@ -118,7 +118,7 @@ def test_dist_test_on_two_cpu_processes_matches_one(tiny_setup):
                        '--out', 'out_single', '--work-dir', 'wd1'], tmp)
     assert 0 <= single[1] <= 100
     double = run_tool(['bash', str(REPO / 'tools/dist_test.sh'), str(reduced), str(ckpt), '2',
-                       '--out', 'out_double', '--work-dir', 'wd2'], tmp, dict(PORT='29517'))
+                       '--out', 'out_double', '--work-dir', 'wd2'], tmp, dict(PORT=free_port()))
     assert single == double
     a, b = predictions(tmp / 'out_single'), predictions(tmp / 'out_double')
     assert len(a) == 3 and a.keys() == b.keys()

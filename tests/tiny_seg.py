@@ -1,6 +1,7 @@
 """A tiny Segmenter, a tiny ADE20K-format data set and a saved checkpoint, for tool tests."""
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -80,6 +81,13 @@ def save_mmseg_checkpoint(tmp: Path) -> Path:
     torch.save(dict(state_dict=model.state_dict(), message_hub=hub.state_dict(),
                     meta=dict(iter=np.int64(160000), dataset_meta=dict(classes=('a', 'b')))), path)
     return path
+
+
+def free_port() -> str:
+    """A TCP port nothing listens on now, for a dist_test.sh run (a fixed one can be taken)."""
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return str(sock.getsockname()[1])
 
 
 def run_tool(args, tmp, env_extra=None):
