@@ -260,3 +260,82 @@ def test_distinctness_and_mixed_scores():
     assert set(informative.topk(2).indices[0].tolist()) == {0, 1}
     top2 = set(TF.mixed_scores(informative, x).topk(2).indices[0].tolist())
     assert len(top2 & {0, 1}) == 1   # one of the duplicates gives way to a distinct token
+
+
+# --- fast paths: each against the explicit formulas or the materialised W -------------------
+
+def test_mass_form_applies_eq6_without_forming_w_and_knows_each_tokens_largest_share():
+    x = clustered_tokens(2, 30, 6, seed=7)
+    scores = torch.rand(2, 30, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    sizes = torch.randint(1, 5, (2, 30)).double()
+    matrix = TF.transform_token_matrix(x, scores, 9, 0.3, 150.0, sizes)
+    w, s = TF.transform_matrix(x, scores, 9, 0.3, 150.0, sizes)
+    assert matrix.kind == 'mass' and matrix.weight.shape == (2, 30, 9)
+    assert torch.allclose(matrix.apply(x), w @ x, atol=1e-12)
+    assert torch.allclose(matrix.sizes, s, atol=1e-10)
+    # largest_share: the query each token sends most of eq. 5's mass to, its most similar one.
+    keep = scores.topk(9, dim=1).indices
+    sim = TF.similarity(x.gather(1, keep[..., None].expand(-1, -1, 6)), x)   # [B, M, N]
+    assert torch.equal(matrix.largest_share(), sim.argmax(dim=1))
+    assert torch.equal(matrix.assignment(), w.argmax(dim=1))
+
+
+def test_top_k_equals_the_softmax_of_the_top_k_gated_logits_with_nearest_orphans():
+    x = clustered_tokens(1, 30, 6, seed=5)
+    scores = torch.rand(1, 30, dtype=torch.float64)
+    matrix = TF.transform_token_matrix(x, scores, 6, 0.8, 20.0, orphans='nearest', top_k=3)
+    dense_w, _ = TF.transform_matrix(x, scores, 6, 0.8, 20.0, orphans='nearest')
+    keep = scores.topk(6).indices
+    sim = TF.similarity(x.gather(1, keep[..., None].expand(-1, -1, 6)), x)[0]    # [M, N]
+    orphan = (sim < 0.8).all(dim=0)
+    assert orphan.any() and not orphan.all()
+    w = matrix.dense()[0]
+    # an orphan column goes wholly to its nearest query, as in the dense W
+    assert torch.equal(w[:, orphan] > 0, dense_w[0][:, orphan] > 0)
+    assert torch.equal(matrix.largest_share()[0], sim.argmax(dim=0))
+
+
+def test_similarity_ignores_autocast_so_w_is_the_same_under_bf16_autocast():
+    x = clustered_tokens(2, 40, 16, dtype=torch.float32)
+    scores = torch.rand(2, 40)
+    plain = TF.transform_token_matrix(x, scores, 12, 0.55, 150.0)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        auto = TF.transform_token_matrix(x, scores, 12, 0.55, 150.0)
+    assert auto.weight.dtype == torch.float32 and torch.equal(auto.weight, plain.weight)
+
+
+def test_sampled_scores_are_the_strided_column_sums_of_eq2():
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, 3, 23, 4, generator=g, dtype=torch.float64) for _ in range(3))
+    sizes = torch.rand(2, 23, generator=g, dtype=torch.float64) * 3 + 0.5
+    bias = TF.size_bias(sizes, q.dtype)
+    attn = (q @ k.transpose(-2, -1) / 2.0 + sizes.log()[:, None, None]).softmax(-1)
+    for stride in (1, 3, 5):
+        rows = list(range(0, 23, stride))
+        expected = attn[:, :, rows].sum(dim=2).mean(dim=1)   # eq. 2 over the sampled rows
+        informative, cls = TF.sampled_attention_scores(q, k, bias, stride, chunk_rows=2)
+        if stride == 1:
+            assert torch.allclose(informative, ref.informative_scores(attn), atol=1e-10)
+        else:
+            # the estimate rescales by N / rows
+            assert torch.allclose(informative, expected * 23 / len(rows), atol=1e-10)
+        assert torch.allclose(cls, TF.class_token_scores(attn), atol=1e-12)
+        out, informative2, cls2 = TF.attention_with_scores(q, k, v, bias, score_stride=stride)
+        assert torch.allclose(out, attn @ v, atol=1e-12)
+        assert torch.allclose(informative2, informative, atol=1e-10) and torch.allclose(cls2, cls)
+
+
+def test_sampled_scores_take_a_full_bias_row_by_row():
+    g = torch.Generator().manual_seed(4)
+    q, k = (torch.randn(1, 2, 10, 4, generator=g, dtype=torch.float64) for _ in range(2))
+    bias = torch.randn(1, 2, 10, 10, generator=g, dtype=torch.float64)
+    attn = (q @ k.transpose(-2, -1) / 2.0 + bias).softmax(-1)
+    informative, _ = TF.sampled_attention_scores(q, k, bias, 4)
+    assert torch.allclose(informative, attn[:, :, ::4].sum(2).mean(1) * 10 / 3, atol=1e-12)
+
+
+@pytest.mark.parametrize('stride', [0, 1.5, True])
+def test_bad_score_stride_is_named(stride):
+    q = torch.randn(1, 1, 4, 2)
+    with pytest.raises(ValueError, match='score_stride'):
+        TF.attention_with_scores(q, q, q, score_stride=stride)

@@ -9,11 +9,12 @@ from .builders import (ORPHAN_RULES, SIMILARITIES, evit_matrix, prune_matrix, si
                        tome_matrix, transform_matrix, transform_token_matrix)
 from .recovery import compose_recovery_index, nearest_recovery_index, recover_tokens
 from .scores import (attention_with_scores, class_token_scores, distinctness_scores, informative_scores,
-                     mixed_scores, uniform_scores)
+                     mixed_scores, sampled_attention_scores, uniform_scores)
 from .token_matrix import TokenMatrix
 
 __all__ = [
     'informative_scores', 'class_token_scores', 'uniform_scores', 'distinctness_scores', 'mixed_scores', 'attention_with_scores',
+    'sampled_attention_scores',
     'similarity', 'transform_matrix', 'transform_token_matrix', 'prune_matrix', 'evit_matrix',
     'tome_matrix', 'TokenMatrix', 'nearest_recovery_index', 'compose_recovery_index',
     'recover_tokens', 'size_bias', 'sized_attention', 'SIMILARITIES', 'ORPHAN_RULES',

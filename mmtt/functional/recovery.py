@@ -20,7 +20,8 @@ def nearest_recovery_index(x: Tensor, y: Tensor) -> Tensor:
     work = torch.promote_types(x.dtype, torch.float32)
     x, y = x.to(work), y.to(work)
     # ||x - y||^2 = ||x||^2 - 2 x.y + ||y||^2; ||x||^2 is the same for every candidate.
-    dist = y.pow(2).sum(-1)[:, None, :] - 2 * (x @ y.transpose(1, 2))
+    # baddbmm forms ||y||^2 - 2 x.y in the product's own pass.
+    dist = torch.baddbmm(y.pow(2).sum(-1)[:, None, :], x, y.transpose(1, 2), alpha=-2)
     return dist.argmin(dim=-1)
 
 
