@@ -86,6 +86,17 @@ def test_assignment_recovery_uses_the_matrix():
     assert torch.equal(index, out.matrix.index)
 
 
+def test_share_recovery_sends_each_token_to_its_most_similar_informative_token():
+    t, r = TokenTransform(keep_ratio=0.5, kappa=0.3), TokenRecovery(mode='share')
+    x = tokens(n=1 + 16)
+    out = t(x, num_prefix=1, scores=torch.rand(2, 17))
+    index = r.index(x, out.tokens, 1, out.matrix)
+    assert torch.equal(index[:, 0], torch.zeros(2, dtype=torch.long))
+    assert torch.equal(index[:, 1:], out.matrix.largest_share() + 1)
+    with pytest.raises(ValueError, match="mode='share'"):
+        r.index(x, out.tokens, 1)
+
+
 def test_gradients_flow_through_the_module():
     x = tokens(n=1 + 16).requires_grad_()
     out = TokenTransform(keep_ratio=0.5, kappa=0.2, tau=20.0)(x, num_prefix=1, scores=torch.rand(2, 17))
@@ -104,6 +115,7 @@ def test_gradients_flow_through_the_module():
     (dict(method='tome', keep_ratio=0.4), 'keep_ratio=0.4'),
     (dict(orphans='drop'), "orphans='drop'"),
     (dict(top_k=0), 'top_k=0'),
+    (dict(score_stride=0), 'score_stride=0'),
     (dict(method='tome', top_k=4), "top_k=4 applies only to method='transform'"),
 ])
 def test_bad_config_names_the_key(cfg, needle):

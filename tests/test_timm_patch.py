@@ -94,6 +94,32 @@ def test_unreduced_layers_keep_the_fused_kernel(monkeypatch):
     assert calls == [False, True, True]
 
 
+def test_score_stride_keeps_the_fused_kernel_in_reducing_blocks_too(monkeypatch):
+    model = make('vit_tiny_patch16_224')
+    x = image(model)
+    with torch.no_grad():
+        tt.apply_patch(model, keep_ratio=0.7, layers=(1,), score_stride=1)
+        exact = model(x)
+        tt.remove_patch(model)
+        tt.apply_patch(model, keep_ratio=0.7, layers=(1,), score_stride=2, recover='share')
+        calls = []
+        sdpa = torch.nn.functional.scaled_dot_product_attention
+
+        def spy(q, k, v, attn_mask=None, **kw):
+            calls.append(attn_mask is not None)
+            return sdpa(q, k, v, attn_mask=attn_mask, **kw)
+        monkeypatch.setattr(torch.nn.functional, 'scaled_dot_product_attention', spy)
+        sampled = model(x)
+        assert calls == [False, False, True, True]   # block 1 reduces on the fused kernel now
+        assert model.mmtt_recovery.mode == 'share'
+        assert model.forward_features(x).shape[1] == 1 + 36
+    assert exact.shape == sampled.shape and torch.isfinite(sampled).all()
+    tt.remove_patch(model)
+    tt.apply_patch(model, keep_ratio=0.7, layers=(1,))
+    with torch.no_grad():
+        assert torch.equal(model(x), exact)   # score_stride=1 is the default
+
+
 def test_block_with_sizes_equals_block_on_duplicated_tokens():
     """Eq. 7: a token of size s attends like s identical copies of itself."""
     torch.manual_seed(0)

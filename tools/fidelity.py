@@ -16,67 +16,17 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence
 
-import torch
-from torch import Tensor
 from tqdm import tqdm
 
-from mmtt.analysis import count_flops
 from mmtt.patch.timm import apply_patch, remove_patch
-from mmtt.pretrained import (FocusModel, load_focus_model, mask_iou, mean_abs_error, preprocess,
-                             token_cosine)
+from mmtt.pretrained import load_focus_model, preprocess
+from mmtt.tools._cli import ToolError, exits_on_user_error
+# The helpers live in the library (mmtt.tools.pareto uses them too); re-exported here by name.
+from mmtt.tools.fidelity_core import IMAGE_SUFFIXES, compare, flops_entry, list_images, run_model  # noqa: F401
 
-IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
 METHODS = ('transform', 'tome', 'prune', 'evit')
-
-
-def list_images(folder: str, limit: Optional[int]) -> List[Path]:
-    """Image files of ``folder`` in name order, at most ``limit`` of them."""
-    root = Path(folder)
-    if not root.is_dir():
-        raise FileNotFoundError(f'--images {folder}: no such directory')
-    paths = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if limit is not None:
-        if limit < 1:
-            raise ValueError(f'--limit {limit} must be >= 1')
-        paths = paths[:limit]
-    if not paths:
-        raise FileNotFoundError(f'--images {folder}: no {"/".join(IMAGE_SUFFIXES)} files there')
-    return paths
-
-
-def run_model(model: FocusModel, images: Tensor, batch_size: int, bar: tqdm) -> Tuple[Tensor, Tensor]:
-    """Saliency ``[N, 1, H, W]`` and final tokens ``[N, 1 + h*w, C]`` of every image."""
-    maps, tokens = [], []
-    with torch.no_grad():
-        for start in range(0, len(images), batch_size):
-            saliency, feats = model.forward_with_tokens(images[start:start + batch_size])
-            maps.append(saliency)
-            tokens.append(feats)
-            bar.update(1)
-    return torch.cat(maps), torch.cat(tokens)
-
-
-def compare(saliency: Tensor, tokens: Tensor, ref_saliency: Tensor, ref_tokens: Tensor,
-            threshold: float, num_prefix: int) -> Dict[str, object]:
-    """Per-image and mean fidelity of one point against the unmodified model."""
-    iou = mask_iou(saliency, ref_saliency, threshold)
-    mae = mean_abs_error(saliency, ref_saliency)
-    cos = token_cosine(tokens, ref_tokens)
-    patch_cos, cls_cos = cos[:, num_prefix:].mean(1), cos[:, 0]
-    return {
-        'iou': iou.mean().item(), 'iou_min': iou.min().item(), 'mae': mae.mean().item(),
-        'patch_cos': patch_cos.mean().item(), 'cls_cos': cls_cos.mean().item(),
-        'per_image': {'iou': iou.tolist(), 'mae': mae.tolist(), 'patch_cos': patch_cos.tolist(),
-                      'cls_cos': cls_cos.tolist()},
-    }
-
-
-def flops_entry(model: FocusModel, image: Tensor) -> Dict[str, float]:
-    report = count_flops(model, (image,))
-    return {'gflops': report.gflops, 'backbone_gflops': report.by_module.get('backbone', 0) / 1e9,
-            'decoder_gflops': report.by_module.get('decoder', 0) / 1e9}
 
 
 def plot(points: List[dict], full: dict, path: str, title: str) -> None:
@@ -153,6 +103,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
+@exits_on_user_error
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse_args(argv)
     paths = list_images(args.images, args.limit)
@@ -187,6 +138,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                                  model.backbone.num_prefix_tokens))
             points.append(point)
     measured = [p for p in points if 'skipped' not in p]
+    if not measured:   # nothing to report: an error, not an empty JSON and exit code 0
+        raise ToolError(f'every point was refused, nothing measured; first: {points[0]["method"]} '
+                        f'at keep {points[0]["keep_ratio"]:g}: {points[0]["skipped"]}')
     print(f'{len(paths)} images from {args.images} at {args.size}x{args.size}, layers {args.layers}, '
           f'{knobs}, {time.perf_counter() - start:.0f} s')
     print_table(points, full)

@@ -8,7 +8,7 @@ from torch import Tensor, nn
 from ..functional import TokenMatrix, compose_recovery_index, nearest_recovery_index, recover_tokens
 from ..functional._checks import check_choice, check_tensor
 
-RECOVERY_MODES = ('nearest', 'assignment')
+RECOVERY_MODES = ('nearest', 'assignment', 'share')
 
 
 @MODELS.register_module()
@@ -20,8 +20,11 @@ class TokenRecovery(nn.Module):
 
     Args:
         mode: ``'nearest'`` (eq. 9: each original token takes its L2-nearest reduced token)
-            or ``'assignment'`` (each original token takes the row of W that holds most of
-            its weight, which needs no distance computation).
+            ``'assignment'`` (each original token takes the row of W that holds most of its
+            weight) or ``'share'`` (the row it sent most of its mass to: for Token Transforming
+            its most similar informative token, read off the build). The last two need no
+            distance computation; ``'share'`` is an option beyond the paper whose fidelity the
+            README reports.
     """
 
     def __init__(self, mode: str = 'nearest') -> None:
@@ -41,10 +44,10 @@ class TokenRecovery(nn.Module):
         """
         check_tensor('x', x, 3)
         check_tensor('y', y, 3, (x.shape[0], None, x.shape[2]))
-        if self.mode == 'assignment':
+        if self.mode != 'nearest':
             if matrix is None:
-                raise ValueError("matrix is required for mode='assignment'")
-            rest = matrix.assignment()
+                raise ValueError(f'matrix is required for mode={self.mode!r}')
+            rest = matrix.assignment() if self.mode == 'assignment' else matrix.largest_share()
         else:
             rest = nearest_recovery_index(x[:, num_prefix:], y[:, num_prefix:])
         prefix = torch.arange(num_prefix, device=x.device).expand(x.shape[0], -1)

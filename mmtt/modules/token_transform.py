@@ -7,7 +7,9 @@ from torch import Tensor, nn
 
 from ..functional import (ORPHAN_RULES, SIMILARITIES, TokenMatrix, evit_matrix, mixed_scores,
                           prune_matrix, tome_matrix, transform_token_matrix, uniform_scores)
-from ..functional._checks import check_choice, check_kappa, check_tau, check_tensor, check_top_k
+from ..functional._checks import (check_choice, check_floating, check_kappa, check_keep_ratio,
+                                  check_positive_sizes, check_score_stride, check_tau,
+                                  check_tensor, check_top_k, is_int)
 
 METHODS = ('transform', 'prune', 'evit', 'tome')
 SELECTIONS = ('informative', 'cls', 'uniform', 'mixed')
@@ -52,20 +54,25 @@ class TokenTransform(nn.Module):
             assignment shares, so applying W costs ``k N C`` instead of ``M N C`` (an option
             beyond the paper for long sequences; see
             :func:`mmtt.functional.transform_token_matrix`). Only with ``method='transform'``.
+        score_stride: 1 (the paper's eq. 2): the informative scores sum every query row of
+            the attention map. s > 1, an option beyond the paper: the host keeps its fused
+            attention kernel and the column sums come from every s-th query row
+            (:func:`mmtt.functional.sampled_attention_scores`), 1 / s of the work.
     """
 
     def __init__(self, keep_ratio: float = 0.7, method: str = 'transform', kappa: float = 0.55,
                  tau: float = 150.0, selection: str = 'informative', similarity: str = 'cosine',
-                 orphans: str = 'spread', top_k: Optional[int] = None) -> None:
+                 orphans: str = 'spread', top_k: Optional[int] = None,
+                 score_stride: int = 1) -> None:
         super().__init__()
-        if not isinstance(keep_ratio, (int, float)) or not 0 < keep_ratio <= 1:
-            raise ValueError(f'keep_ratio={keep_ratio!r} must be in (0, 1]')
+        check_keep_ratio(keep_ratio)   # numpy floats too: np.float32(0.7) is a valid ratio
         check_choice('method', method, METHODS)
         check_choice('selection', selection, SELECTIONS)
         check_choice('similarity', similarity, SIMILARITIES)
         check_choice('orphans', orphans, ORPHAN_RULES)
         check_kappa(kappa)
         check_tau(tau)
+        check_score_stride(score_stride)
         if top_k is not None:
             check_top_k(top_k)
             if method != 'transform':
@@ -82,6 +89,7 @@ class TokenTransform(nn.Module):
         self.similarity = similarity
         self.orphans = orphans
         self.top_k = top_k
+        self.score_stride = score_stride
 
     @property
     def score_kind(self) -> Optional[str]:
@@ -96,11 +104,13 @@ class TokenTransform(nn.Module):
     def num_keep(self, num_tokens: int) -> int:
         """Tokens kept out of ``num_tokens`` reducible ones."""
         num_tokens = int(num_tokens)  # a 0-dim tensor under jit tracing (FLOP counting)
-        floor = 2 if self.method == 'evit' else num_tokens // 2 if self.method == 'tome' else 1
+        # ToMe merges at most half, and a single token has no partner to merge with.
+        floor = 2 if self.method == 'evit' else max(1, num_tokens // 2) if self.method == 'tome' else 1
         return min(num_tokens, max(floor, round(self.keep_ratio * num_tokens)))
 
     def forward(self, x: Tensor, sizes: Optional[Tensor] = None, *, num_prefix: int = 0,
-                scores: Optional[Tensor] = None, metric: Optional[Tensor] = None) -> Reduction:
+                scores: Optional[Tensor] = None, metric: Optional[Tensor] = None,
+                validate_sizes: bool = True) -> Reduction:
         """Reduce ``x``.
 
         Args:
@@ -109,11 +119,19 @@ class TokenTransform(nn.Module):
             num_prefix: number of leading tokens never reduced.
             scores: ``[B, N]`` attention scores of the kind :attr:`score_kind` names.
             metric: ``[B, N, C']`` features compared for similarity; defaults to ``x``.
+            validate_sizes: check that ``sizes`` are finite and > 0. That reads their values (a
+                sync on a GPU), so hosts passing the sizes of their own earlier reduction, valid
+                by construction, turn it off.
         """
         check_tensor('x', x, 3)
+        check_floating('x', x)
         batch, n = int(x.shape[0]), int(x.shape[1])
         if sizes is not None:
             check_tensor('sizes', sizes, 2, (batch, n))
+            if validate_sizes:
+                check_positive_sizes(sizes)
+        if not is_int(num_prefix):
+            raise ValueError(f'num_prefix={num_prefix!r} must be an int (leading tokens never reduced)')
         if not 0 <= num_prefix < n:
             raise ValueError(f'num_prefix={num_prefix} must be in [0, {n}) for {n} tokens')
         num_keep = self.num_keep(n - num_prefix)
@@ -157,4 +175,4 @@ class TokenTransform(nn.Module):
     def extra_repr(self) -> str:
         return (f'keep_ratio={self.keep_ratio}, method={self.method!r}, kappa={self.kappa}, '
                 f'tau={self.tau}, selection={self.selection!r}, similarity={self.similarity!r}, '
-                f'orphans={self.orphans!r}, top_k={self.top_k}')
+                f'orphans={self.orphans!r}, top_k={self.top_k}, score_stride={self.score_stride}')

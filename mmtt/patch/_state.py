@@ -25,7 +25,8 @@ class TokenState:
     def reduce(self, x: Tensor, transform: TokenTransform, scores: Optional[Tensor] = None,
                metric: Optional[Tensor] = None) -> Tensor:
         """Apply ``transform`` to ``x`` and update sizes and the recovery index."""
-        out = transform(x, self.sizes, num_prefix=self.num_prefix, scores=scores, metric=metric)
+        out = transform(x, self.sizes, num_prefix=self.num_prefix, scores=scores, metric=metric,
+                        validate_sizes=False)   # this state's sizes come from its own reductions
         if out.matrix is None:
             return x
         if self.recovery is not None:

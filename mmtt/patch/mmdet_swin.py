@@ -48,6 +48,7 @@ from mmengine.registry import MODELS
 from torch import Tensor, nn
 
 from ..functional import attention_with_scores, size_bias
+from ..functional._checks import check_layers
 from ..functional.token_matrix import DENSE, TokenMatrix
 from ..functional.windows import (anchored_relative_bias, grid_queries, grid_recover,
                                   grid_transform, shifted_window_mask, window_partition,
@@ -302,7 +303,7 @@ class TokenSwinTransformer(SwinTransformer):
 
     @staticmethod
     def _check_layers(reduce_layers: Sequence[int], stage_of: List[int]) -> List[int]:
-        layers = sorted(set(int(i) for i in reduce_layers))
+        layers = check_layers('reduce_layers', reduce_layers)
         bad = [i for i in layers if not 0 <= i < len(stage_of)]
         if bad:
             raise ValueError(f'reduce_layers={bad} out of range: the backbone has '

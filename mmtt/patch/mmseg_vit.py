@@ -12,10 +12,11 @@ import torch.utils.checkpoint as cp
 from mmcv.cnn.bricks.transformer import MultiheadAttention
 from mmseg.models.backbones.vit import TransformerEncoderLayer, VisionTransformer
 from mmseg.registry import MODELS as SEG_MODELS
-from mmengine.registry import MODELS
 from torch import Tensor
 
 from ..functional import attention_with_scores, size_bias
+from ..functional._checks import check_layers
+from ._build import build_module
 from ._state import TokenState
 
 
@@ -33,6 +34,7 @@ class TokenMultiheadAttention(MultiheadAttention):
     _mmtt_state: TokenState
     _mmtt_capture: Optional[str] = None   # 'informative' or 'cls' in a reducing layer
     _mmtt_fused: bool = False             # SDPA even before the first reduction
+    _mmtt_score_stride: int = 1           # TokenTransform.score_stride of a reducing layer
 
     def forward(self, query: Tensor, identity: Optional[Tensor] = None, **kwargs) -> Tensor:
         state = self._mmtt_state
@@ -50,7 +52,8 @@ class TokenMultiheadAttention(MultiheadAttention):
             out = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=bias, dropout_p=mha.dropout if self.training else 0.0)
         else:
-            out, informative, cls = attention_with_scores(q, k, v, bias)
+            out, informative, cls = attention_with_scores(q, k, v, bias,
+                                                          score_stride=self._mmtt_score_stride)
             self.captured = informative if self._mmtt_capture == 'informative' else cls
         out = mha.out_proj(out.transpose(1, 2).reshape(b, n, c))
         return (query if identity is None else identity) + self.dropout_layer(self.proj_drop(out))
@@ -99,22 +102,23 @@ class TokenVisionTransformer(VisionTransformer):
                  token_recovery: Optional[dict] = None, **kwargs) -> None:
         super().__init__(**kwargs)
         depth = len(self.layers)
-        reduce_layers = sorted(set(int(i) for i in reduce_layers))
+        reduce_layers = check_layers('reduce_layers', reduce_layers)
         bad = [i for i in reduce_layers if not 0 <= i < depth]
         if bad:
             raise ValueError(f'reduce_layers={bad} out of range for num_layers={depth}')
         if reduce_layers and token_transform is None:
             raise ValueError('reduce_layers is set but token_transform is None')
+        # Built even when no layer reduces, so a bad setting fails here and not in a later run.
+        transform = build_module('token_transform', token_transform)
         if not reduce_layers:
-            token_transform = None
-        transform = MODELS.build(token_transform) if token_transform is not None else None
+            transform = None
         late_outputs = [i for i in self.out_indices if reduce_layers and i >= reduce_layers[0]]
         if late_outputs and token_recovery is None:
             raise ValueError(f'token_recovery is required: out_indices {late_outputs} come at or '
                              f'after the first of reduce_layers={reduce_layers}, and the decode '
                              'head needs the full token grid')
         self.token_transform = transform
-        self.token_recovery = MODELS.build(token_recovery) if token_recovery is not None else None
+        self.token_recovery = build_module('token_recovery', token_recovery)
         self.reduce_layers = tuple(reduce_layers)
         state = TokenState(int(self.with_cls_token), self.token_recovery)
         self._mmtt_state = state
@@ -124,6 +128,8 @@ class TokenVisionTransformer(VisionTransformer):
             layer.attn.__class__ = TokenMultiheadAttention
             layer._mmtt_state = layer.attn._mmtt_state = state
             layer.mmtt_transform = transform if i in reduce_layers else None
+            if transform is not None:
+                layer.attn._mmtt_score_stride = transform.score_stride
 
         self.use_fused_attention(transform is not None and transform.keep_ratio < 1)
 
@@ -137,7 +143,8 @@ class TokenVisionTransformer(VisionTransformer):
     def _grid_output(self, x: Tensor, hw_shape) -> object:
         # As mmseg's forward: drop the class token, tokens -> [B, C, H, W].
         out = x[:, 1:] if self.with_cls_token else x
-        out = out.reshape(out.shape[0], hw_shape[0], hw_shape[1], -1).permute(0, 3, 1, 2).contiguous()
+        # The channel count is explicit, as in mmseg: -1 cannot be inferred for a batch of 0.
+        out = out.reshape(out.shape[0], hw_shape[0], hw_shape[1], out.shape[-1]).permute(0, 3, 1, 2).contiguous()
         return [out, x[:, 0]] if self.output_cls_token else out
 
     def forward(self, inputs: Tensor) -> tuple:

@@ -5,7 +5,7 @@ so the state dict keeps its keys and :func:`remove_patch` restores the model exa
 Blocks without a reduction run timm's own code with ``log s`` as SDPA's ``attn_mask``, so
 the fused attention kernel stays in use.
 """
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Union
 
 import torch.nn.functional as F
 from timm.layers import Attention
@@ -13,6 +13,7 @@ from timm.models.vision_transformer import Block, VisionTransformer
 from torch import Tensor
 
 from ..functional import attention_with_scores, size_bias
+from ..functional._checks import check_kwargs, check_layers
 from ..modules import TokenRecovery, TokenTransform
 from ._state import TokenState
 
@@ -34,8 +35,9 @@ class TokenAttention(Attention):
     :func:`mmtt.functional.attention_with_scores`, which computes the attention in row blocks
     and keeps the column sums instead of the ``[B, heads, N, N]`` map.
     """
-    _mmtt_capture: Optional[str] = None   # None, 'informative', 'cls' or 'keys'
+    _mmtt_capture: Optional[str] = None   # None, 'informative' or 'cls'
     _mmtt_keys: bool = False
+    _mmtt_score_stride: int = 1
 
     def forward(self, x: Tensor, attn_mask: Optional[Tensor] = None, is_causal: bool = False):
         if self._mmtt_capture is None and not self._mmtt_keys:
@@ -48,7 +50,8 @@ class TokenAttention(Attention):
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
             self.captured = {'keys': k.mean(dim=1)}
         else:
-            out, informative, cls = attention_with_scores(q, k, v, attn_mask)
+            out, informative, cls = attention_with_scores(q, k, v, attn_mask,
+                                                          score_stride=self._mmtt_score_stride)
             self.captured = {'informative': informative, 'cls': cls, 'keys': k.mean(dim=1)}
         out = self.norm(out.transpose(1, 2).reshape(b, n, self.attn_dim))
         if gate is not None:
@@ -74,6 +77,7 @@ class TokenBlock(Block):
         # timm's Block.forward, with the reduction between attention and MLP (Fig. 3).
         self.attn._mmtt_capture = transform.score_kind
         self.attn._mmtt_keys = self._mmtt_metric == 'keys'
+        self.attn._mmtt_score_stride = transform.score_stride
         x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), attn_mask=attn_mask, is_causal=is_causal)))
         captured = self.attn.__dict__.pop('captured', {})
         scores = captured[transform.score_kind] if transform.score_kind else None
@@ -112,7 +116,7 @@ def _token_class(base: type) -> type:
 
 def apply_patch(model: VisionTransformer, method: str = 'transform', keep_ratio: float = 0.7,
                 layers: Sequence[int] = (3, 6, 9), kappa: float = 0.55, tau: float = 150.0,
-                recover: bool = False, metric: Optional[str] = None, preset: Optional[str] = None,
+                recover: Union[bool, str] = False, metric: Optional[str] = None, preset: Optional[str] = None,
                 **transform_kwargs) -> VisionTransformer:
     """Insert token reduction into a timm ``VisionTransformer``, in place.
 
@@ -122,9 +126,12 @@ def apply_patch(model: VisionTransformer, method: str = 'transform', keep_ratio:
             with LayerScale and register tokens).
         method: ``'transform'``, ``'tome'``, ``'evit'`` or ``'prune'``.
         keep_ratio: fraction of tokens kept at each reduction.
-        layers: 0-based indices of the blocks after whose attention tokens are reduced.
+        layers: 0-based indices of the blocks after whose attention tokens are reduced, a
+            sequence of ints (``(3,)`` for one block; a bare int is refused as ambiguous).
         kappa, tau: see :class:`mmtt.TokenTransform`.
-        recover: make ``forward_features`` return all tokens (nearest-neighbour recovery).
+        recover: make ``forward_features`` return all tokens: True (nearest-neighbour
+            recovery, eq. 9-10) or a :class:`mmtt.TokenRecovery` mode (``'nearest'``,
+            ``'assignment'``, ``'share'``).
         metric: features compared for similarity: ``'hidden'`` (the block's hidden states,
             the paper's) or ``'keys'`` (head-averaged keys, ToMe's). Default: keys for ToMe,
             hidden states otherwise.
@@ -147,7 +154,7 @@ def apply_patch(model: VisionTransformer, method: str = 'transform', keep_ratio:
     if metric not in ('hidden', 'keys'):
         raise ValueError(f"unknown metric={metric!r}; choose 'hidden' or 'keys'")
     depth = len(model.blocks)
-    layers = sorted(set(int(i) for i in layers))
+    layers = check_layers('layers', layers)
     bad = [i for i in layers if not 0 <= i < depth]
     if bad:
         raise ValueError(f'layers={bad} out of range for a model with {depth} blocks')
@@ -155,9 +162,13 @@ def apply_patch(model: VisionTransformer, method: str = 'transform', keep_ratio:
         if type(block) is not Block or type(block.attn) is not Attention:
             raise ValueError(f'block {i} is {type(block).__name__} with {type(block.attn).__name__}; '
                              'apply_patch supports timm Block with timm.layers.Attention')
-    transforms = {i: TokenTransform(keep_ratio=keep_ratio, method=method, kappa=kappa, tau=tau,
-                                    **transform_kwargs) for i in layers}
-    state = TokenState(model.num_prefix_tokens, TokenRecovery() if recover else None)
+    # Settings are checked even when no layer reduces: a typo must not pass silently.
+    check_kwargs('apply_patch', transform_kwargs, TokenTransform.__init__)
+    settings = dict(keep_ratio=keep_ratio, method=method, kappa=kappa, tau=tau, **transform_kwargs)
+    TokenTransform(**settings)
+    transforms = {i: TokenTransform(**settings) for i in layers}
+    recovery = TokenRecovery('nearest' if recover is True else recover) if recover else None
+    state = TokenState(model.num_prefix_tokens, recovery)
     for i, block in enumerate(model.blocks):
         block.__class__ = TokenBlock
         block.mmtt_transform = transforms.get(i)
@@ -168,7 +179,7 @@ def apply_patch(model: VisionTransformer, method: str = 'transform', keep_ratio:
     model._mmtt_base = type(model)
     model.__class__ = _token_class(type(model))
     model._mmtt_state = state
-    model._mmtt_recover = recover
+    model._mmtt_recover = bool(recover)
     model.mmtt_recovery = state.recovery
     return model
 
@@ -181,6 +192,7 @@ def remove_patch(model: VisionTransformer) -> VisionTransformer:
         del block.mmtt_transform, block._mmtt_state, block._mmtt_metric
         block.attn.__dict__.pop('_mmtt_capture', None)
         block.attn.__dict__.pop('_mmtt_keys', None)
+        block.attn.__dict__.pop('_mmtt_score_stride', None)
         block.attn.__class__ = Attention
         block.__class__ = Block
     model.__class__ = model._mmtt_base

@@ -12,6 +12,7 @@ and libraries included); on a GPU, ``torch.cuda.max_memory_allocated``.
 import argparse
 import json
 import multiprocessing as mp
+import queue as queues
 import resource
 import statistics
 import time
@@ -19,6 +20,8 @@ from typing import Callable, List, Optional, Tuple
 
 import torch
 from tqdm import tqdm
+
+from ._cli import ToolError, exits_on_user_error, one_line
 
 METHODS = ('transform', 'tome', 'evit', 'prune')
 
@@ -113,16 +116,33 @@ def measure(args, method: Optional[str], top_k: Optional[int] = None) -> dict:
 
 
 def _worker(args, method, top_k, queue) -> None:
-    queue.put(measure(args, method, top_k))
+    try:
+        queue.put(('ok', measure(args, method, top_k)))
+    except BaseException as err:   # reported by the parent, which would otherwise wait forever
+        queue.put(('error', f'{type(err).__name__}: {one_line(err)}'))
 
 
 def measure_in_fresh_process(args, method: Optional[str], top_k: Optional[int] = None) -> dict:
+    """:func:`measure` in a spawned process; its error (or its death) raises :class:`ToolError`."""
     ctx = mp.get_context('spawn')
     queue = ctx.Queue()
     proc = ctx.Process(target=_worker, args=(args, method, top_k, queue))
     proc.start()
-    result = queue.get()
+    reply = None
+    while reply is None:
+        try:
+            reply = queue.get(timeout=1.0)
+        except queues.Empty:
+            if not proc.is_alive():   # killed or crashed before it could report
+                try:
+                    reply = queue.get(timeout=1.0)
+                except queues.Empty:
+                    reply = ('error', f'the process died with exit code {proc.exitcode}')
     proc.join()
+    status, result = reply
+    if status != 'ok':
+        name = (method or 'unmodified') + ('' if top_k is None else f' k={top_k}')
+        raise ToolError(f'variant {name!r} failed: {result}')
     return result
 
 
@@ -153,6 +173,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--json', help='write every figure to this file')
     args = parser.parse_args(argv)
+    if not 0 < args.keep_ratio <= 1:
+        parser.error(f'--keep-ratio {args.keep_ratio} must be in (0, 1]')
+    negative = [i for i in args.layers if i < 0]
+    if negative:
+        parser.error(f'--layers {negative}: block indices are 0-based, >= 0')
+    for flag, value, low in (('--img-size', args.img_size, 1), ('--batch', args.batch, 1),
+                             ('--warmup', args.warmup, 0), ('--repeats', args.repeats, 1),
+                             ('--threads', args.threads, 1)):
+        if value is not None and value < low:
+            parser.error(f'{flag} {value} must be >= {low}')
+    if args.shape is not None and min(args.shape) < 1:
+        parser.error(f'--shape {" ".join(map(str, args.shape))}: H and W must be >= 1')
+    if args.model is not None:
+        import timm
+        if not timm.is_model(args.model):
+            parser.error(f'--model {args.model}: not a timm model name (see timm.list_models())')
     for m in args.methods or []:
         if m not in METHODS:
             parser.error(f'unknown method {m!r}; choose from {METHODS}')
@@ -171,6 +207,7 @@ def describe_hardware(device: str, threads: Optional[int] = None) -> str:
     return f'{platform.processor() or platform.machine()} CPU, {threads or torch.get_num_threads()} threads'
 
 
+@exits_on_user_error
 def main(argv=None) -> List[dict]:
     args = parse_args(argv)
     methods = args.methods or (['config'] if args.config else ['transform'])

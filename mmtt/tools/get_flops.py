@@ -14,6 +14,7 @@ from mmengine.registry import init_default_scope
 from torch import nn
 
 from ..analysis import FlopReport, count_flops
+from ._cli import exits_on_user_error
 from .det_utils import detection_test_shape, tensor_forward
 
 
@@ -56,7 +57,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help='input H W (default: the test crop size, else 512 512)')
     parser.add_argument('--part', choices=['model', 'backbone'], default='model')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.shape is not None:
+        if len(args.shape) not in (1, 2):
+            parser.error(f'--shape takes H [W], got {" ".join(map(str, args.shape))}')
+        if min(args.shape) < 1:
+            parser.error(f'--shape {" ".join(map(str, args.shape))}: H and W must be >= 1')
+    return args
 
 
 def default_shape(cfg: Config) -> Tuple[int, int]:
@@ -64,13 +71,12 @@ def default_shape(cfg: Config) -> Tuple[int, int]:
     return tuple(crop) if crop else detection_test_shape(cfg) or (512, 512)
 
 
+@exits_on_user_error
 def main(argv=None) -> dict:
     args = parse_args(argv)
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
-    if args.shape is not None and len(args.shape) not in (1, 2):
-        raise ValueError(f'--shape takes H [W], got {args.shape}')
     shape = tuple(args.shape * 2 if args.shape and len(args.shape) == 1 else args.shape or default_shape(cfg))
     full = config_flops(unmodified(cfg), shape, args.part)
     reduced = config_flops(cfg, shape, args.part)

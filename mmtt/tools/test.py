@@ -5,7 +5,9 @@ import os
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
+from ..checkpoint import check_backbone_keys, checkpoint_shapes
 from ..runtime import load_config, prepare_runtime
+from ._cli import exits_on_user_error
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -23,6 +25,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
                         default='none', help='job launcher')
     parser.add_argument('--tta', action='store_true', help='test-time augmentation')
+    parser.add_argument('--non-strict', action='store_true',
+                        help='load a checkpoint whose backbone keys or shapes differ from the '
+                             "model's (by default that is an error: the metric would come from "
+                             'partly random weights)')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args(argv)
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
@@ -72,9 +78,14 @@ def build_test_config(args: argparse.Namespace) -> Config:
     return prepare_runtime(cfg, args.launcher)
 
 
+@exits_on_user_error
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    runner = Runner.from_cfg(build_test_config(args))
+    cfg = build_test_config(args)
+    shapes = checkpoint_shapes(args.checkpoint)   # a missing or corrupt file fails before the build
+    runner = Runner.from_cfg(cfg)
+    if not args.non_strict:
+        check_backbone_keys(runner.model, shapes, args.checkpoint)
     return runner.test()
 
 

@@ -1,0 +1,109 @@
+"""Pareto fronts, table and figure of a fidelity-against-speed sweep (:mod:`mmtt.tools.pareto`).
+
+A point is a dict with at least ``label``, ``keep_ratio``, ``gflops_ratio``, ``speedup_b1`` and
+``iou``; the unmodified model is the point labelled :data:`UNMODIFIED`.
+"""
+from pathlib import Path
+from typing import Dict, List, Sequence, Tuple
+
+UNMODIFIED = 'unmodified'
+
+# Front name -> (point key of x, sign that makes larger x better, axis label); y is the IoU.
+FRONTS = {
+    'speed': ('speedup_b1', 1.0, 'measured speed-up, batch 1 (unmodified = 1)'),
+    'gflops': ('gflops_ratio', -1.0, 'GFLOPs / unmodified GFLOPs (whole model)'),
+}
+
+
+def pareto_front(points: Sequence[Tuple[float, float]]) -> List[int]:
+    """Indices of the points no other point dominates, both coordinates to be maximised.
+
+    Point ``a`` dominates ``b`` when ``a >= b`` in both coordinates and ``a > b`` in at least
+    one; equal points do not dominate each other, so both stay on the front.
+
+    Args:
+        points: ``(x, y)`` pairs, e.g. ``(speed-up, IoU)``.
+
+    Returns:
+        Indices into ``points``, in increasing ``x`` (then ``y``).
+    """
+    front = [i for i, (x, y) in enumerate(points)
+             if not any(ox >= x and oy >= y and (ox > x or oy > y) for ox, oy in points)]
+    return sorted(front, key=lambda i: points[i])
+
+
+def mark_fronts(points: List[dict]) -> None:
+    """Add ``front_speed`` / ``front_gflops`` (within the point's label) and ``global_front_speed``
+    / ``global_front_gflops`` (across all labels, the unmodified model included) to each point.
+
+    The unmodified model is on no label's own front: it is every curve's common anchor.
+    """
+    for axis, (key, sign, _) in FRONTS.items():
+        for p in points:
+            p[f'front_{axis}'] = False
+        for group in _by_label(points).values():
+            for i in pareto_front([(sign * p[key], p['iou']) for p in group]):
+                group[i][f'front_{axis}'] = True
+        on_global = set(pareto_front([(sign * p[key], p['iou']) for p in points]))
+        for i, p in enumerate(points):
+            p[f'global_front_{axis}'] = i in on_global
+
+
+def print_table(points: List[dict], skipped: List[dict]) -> None:
+    """One row per point (``P``: on its label's speed front, ``G``: on the global one)."""
+    head = (f"{'label':<14} {'keep':>5} {'GFLOPs':>7} {'ratio':>6} {'ms b1':>8} {'x b1':>6} "
+            f"{'x bN':>6} {'IoU':>6} {'IoUmin':>6} {'MAE':>7} {'patchcos':>8} {'clscos':>7} front")
+    print(head)
+    for p in points:
+        front = ('P' if p['front_speed'] else '') + ('G' if p['global_front_speed'] else '')
+        print(f"{p['label']:<14} {p['keep_ratio']:>5.2f} {p['gflops']:>7.2f} {p['gflops_ratio']:>6.3f} "
+              f"{p['latency_ms']:>8.2f} {p['speedup_b1']:>6.3f} {p['speedup_batch']:>6.3f} "
+              f"{p['iou']:>6.3f} {p['iou_min']:>6.3f} {p['mae']:>7.4f} {p['patch_cos']:>8.4f} "
+              f"{p['cls_cos']:>7.4f} {front}")
+    for p in skipped:
+        print(f"{p['label']:<14} {p['keep_ratio']:>5.2f} skipped: {p['skipped']}")
+
+
+def _by_label(points: List[dict]) -> Dict[str, List[dict]]:
+    groups: Dict[str, List[dict]] = {}
+    for p in points:
+        if p['label'] != UNMODIFIED:
+            groups.setdefault(p['label'], []).append(p)
+    return groups
+
+
+def plot(points: List[dict], path: str, title: str) -> None:
+    """IoU against measured speed-up and against GFLOPs ratio, one curve per label.
+
+    Each curve joins its keep ratios in order (annotated); its own Pareto front is ringed, and
+    the front across all labels (the unmodified model included) is a dashed black line.
+    """
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+    for ax, (axis, (key, _, xlabel)) in zip(axes, FRONTS.items()):
+        for label, group in _by_label(points).items():
+            group = sorted(group, key=lambda p: p['keep_ratio'])
+            line, = ax.plot([p[key] for p in group], [p['iou'] for p in group], 'o-', ms=4, label=label)
+            front = [p for p in group if p[f'front_{axis}']]
+            ax.plot([p[key] for p in front], [p['iou'] for p in front], 'o', ms=10, mfc='none',
+                    mec=line.get_color(), mew=1.5)
+            for p in group:
+                ax.annotate(f"{p['keep_ratio']:g}", (p[key], p['iou']), fontsize=7,
+                            textcoords='offset points', xytext=(3, 3))
+        best = sorted((p for p in points if p[f'global_front_{axis}']), key=lambda p: p[key])
+        ax.plot([p[key] for p in best], [p['iou'] for p in best], 'k--', lw=1, label='global Pareto front')
+        full = next(p for p in points if p['label'] == UNMODIFIED)
+        ax.plot([full[key]], [full['iou']], 'k*', ms=11, label=UNMODIFIED)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel('saliency IoU vs unmodified (thr 0.5)')
+        ax.grid(alpha=0.3)
+    axes[1].invert_xaxis()   # fewer GFLOPs to the right, as more speed is in the left panel
+    axes[0].legend(fontsize=8)
+    axes[0].set_title('ringed: Pareto front of each curve', fontsize=9)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

