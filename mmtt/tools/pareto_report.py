@@ -83,9 +83,11 @@ def plot(points: List[dict], path: str, title: str) -> None:
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
     for ax, (axis, (key, _, xlabel)) in zip(axes, FRONTS.items()):
-        for label, group in _by_label(points).items():
+        for i, (label, group) in enumerate(_by_label(points).items()):
             group = sorted(group, key=lambda p: p['keep_ratio'])
-            line, = ax.plot([p[key] for p in group], [p['iou'] for p in group], 'o-', ms=4, label=label)
+            # One colour per curve, given explicitly: the rings must not advance the cycle.
+            line, = ax.plot([p[key] for p in group], [p['iou'] for p in group], 'o-', ms=4, label=label,
+                            color=plt.get_cmap('tab10')(i % 10))
             front = [p for p in group if p[f'front_{axis}']]
             ax.plot([p[key] for p in front], [p['iou'] for p in front], 'o', ms=10, mfc='none',
                     mec=line.get_color(), mew=1.5)

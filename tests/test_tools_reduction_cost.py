@@ -1,0 +1,43 @@
+"""mmtt.tools.reduction_cost on a real photograph at a small size: every step is timed, the
+budget lines add up, and bad arguments are refused. Timings are only checked to be positive."""
+import pytest
+import skimage.data
+from PIL import Image
+
+from mmtt.tools import reduction_cost
+
+
+@pytest.fixture(scope='module')
+def photo_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp('photo')
+    Image.fromarray(skimage.data.chelsea()).save(folder / 'chelsea.png')
+    return folder
+
+
+def test_every_step_is_timed_and_the_budget_adds_them(photo_folder, tmp_path):
+    out = tmp_path / 'cost.json'
+    results = reduction_cost.main(['--images', str(photo_folder), '--size', '112', '--keep-ratios', '0.7',
+                                   '--dtypes', 'float32', 'bfloat16', '--repeats', '1', '--warmup', '0',
+                                   '--score-strides', '2', '--top-k', '2', '--json', str(out)])
+    assert set(results) == {'float32 keep 0.7', 'bfloat16 keep 0.7'}
+    ms = results['float32 keep 0.7']
+    assert set(ms) == {'sdpa', 'scores', 'scores stride 2', 'build', 'apply', 'build top_k=2',
+                       'apply top_k=2', 'recovery nearest', 'recovery share', 'tome'}
+    assert all(t >= 0 for t in ms.values()) and ms['build'] > 0
+    lines = reduction_cost.budget_lines(ms, [2], [2])
+    assert len(lines) == 2 * 2 * 2
+    total = ms['scores'] - ms['sdpa'] + ms['build'] + ms['apply'] + ms['recovery nearest']
+    assert f'{total:7.2f} ms' in lines[0]
+    assert out.exists()
+
+
+@pytest.mark.parametrize('argv,needle', [
+    (['--size', '100'], '--size 100'),
+    (['--keep-ratios', '1.0'], '--keep-ratios 1.0'),
+    (['--top-k', '0'], '--top-k'),
+    (['--layer', '12'], '--layer 12'),
+])
+def test_bad_arguments_are_named(argv, needle, capsys):
+    with pytest.raises(SystemExit):
+        reduction_cost.parse_args(['--images', '.', *argv])
+    assert needle in capsys.readouterr().err
