@@ -106,12 +106,17 @@ def test_euclidean_similarity_equals_cosine_for_equal_norms():
     assert torch.allclose(e, 1 - d2 / n2, atol=1e-12)
 
 
-def test_attention_with_scores_matches_explicit_attention():
-    g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(2, 3, 11, 4, generator=g, dtype=torch.float64) for _ in range(3))
-    sizes = torch.rand(2, 11, generator=g, dtype=torch.float64) * 3 + 0.5
-    bias = TF.size_bias(sizes, q.dtype)
+def sized_attention_case(n, seed):
+    """q, k, v ``[2, 3, n, 4]``, random sizes, their eq. 7 bias and the explicit attention map."""
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(2, 3, n, 4, generator=g, dtype=torch.float64) for _ in range(3))
+    sizes = torch.rand(2, n, generator=g, dtype=torch.float64) * 3 + 0.5
     attn = (q @ k.transpose(-2, -1) / 2.0 + sizes.log()[:, None, None]).softmax(-1)
+    return q, k, v, sizes, TF.size_bias(sizes, q.dtype), attn
+
+
+def test_attention_with_scores_matches_explicit_attention():
+    q, k, v, sizes, bias, attn = sized_attention_case(11, seed=0)
     out, scores, cls = TF.attention_with_scores(q, k, v, bias, chunk_rows=4)
     assert torch.allclose(out, attn @ v, atol=1e-12)
     assert torch.allclose(scores, ref.informative_scores(attn), atol=1e-10)
@@ -305,11 +310,7 @@ def test_similarity_ignores_autocast_so_w_is_the_same_under_bf16_autocast():
 
 
 def test_sampled_scores_are_the_strided_column_sums_of_eq2():
-    g = torch.Generator().manual_seed(3)
-    q, k, v = (torch.randn(2, 3, 23, 4, generator=g, dtype=torch.float64) for _ in range(3))
-    sizes = torch.rand(2, 23, generator=g, dtype=torch.float64) * 3 + 0.5
-    bias = TF.size_bias(sizes, q.dtype)
-    attn = (q @ k.transpose(-2, -1) / 2.0 + sizes.log()[:, None, None]).softmax(-1)
+    q, k, v, _, bias, attn = sized_attention_case(23, seed=3)
     for stride in (1, 3, 5):
         rows = list(range(0, 23, stride))
         expected = attn[:, :, rows].sum(dim=2).mean(dim=1)   # eq. 2 over the sampled rows

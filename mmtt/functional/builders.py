@@ -100,8 +100,7 @@ def transform_matrix(x: Tensor, scores: Tensor, num_keep: int, kappa: float, tau
         decreasing score order.
     """
     queries = _checked_queries(x, scores, num_keep, kappa, tau, sizes, orphans)
-    w, s = _matrix_from_queries(x, queries, kappa, tau, sizes, similarity_kind, orphans)
-    return w, s
+    return _matrix_from_queries(x, queries, kappa, tau, sizes, similarity_kind, orphans)
 
 
 def _checked_queries(x: Tensor, scores: Tensor, num_keep: int, kappa: float, tau: float,

@@ -37,7 +37,7 @@ class TokenAttention(Attention):
     """
     _mmtt_capture: Optional[str] = None   # None, 'informative' or 'cls'
     _mmtt_keys: bool = False
-    _mmtt_score_stride: int = 1
+    _mmtt_score_stride: int = 1           # TokenTransform.score_stride of its block
 
     def forward(self, x: Tensor, attn_mask: Optional[Tensor] = None, is_causal: bool = False):
         if self._mmtt_capture is None and not self._mmtt_keys:
@@ -77,7 +77,6 @@ class TokenBlock(Block):
         # timm's Block.forward, with the reduction between attention and MLP (Fig. 3).
         self.attn._mmtt_capture = transform.score_kind
         self.attn._mmtt_keys = self._mmtt_metric == 'keys'
-        self.attn._mmtt_score_stride = transform.score_stride
         x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), attn_mask=attn_mask, is_causal=is_causal)))
         captured = self.attn.__dict__.pop('captured', {})
         scores = captured[transform.score_kind] if transform.score_kind else None
@@ -176,6 +175,7 @@ def apply_patch(model: VisionTransformer, method: str = 'transform', keep_ratio:
         block._mmtt_metric = metric
         if i in transforms:
             block.attn.__class__ = TokenAttention
+            block.attn._mmtt_score_stride = transforms[i].score_stride   # fixed at build time
     model._mmtt_base = type(model)
     model.__class__ = _token_class(type(model))
     model._mmtt_state = state

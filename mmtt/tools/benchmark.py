@@ -15,13 +15,13 @@ import multiprocessing as mp
 import queue as queues
 import resource
 import statistics
-import time
 from typing import Callable, List, Optional, Tuple
 
 import torch
 from tqdm import tqdm
 
 from ._cli import ToolError, exits_on_user_error, one_line
+from ._timing import time_once
 
 METHODS = ('transform', 'tome', 'evit', 'prune')
 
@@ -31,20 +31,7 @@ def timed(fn: Callable[[], object], warmup: int, repeats: int, device: torch.dev
     with torch.no_grad():
         for _ in range(warmup):
             fn()
-        times = []
-        for _ in range(repeats):
-            if device.type == 'cuda':
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                fn()
-                end.record()
-                torch.cuda.synchronize()
-                times.append(start.elapsed_time(end) / 1e3)
-            else:
-                t0 = time.perf_counter()
-                fn()
-                times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        return statistics.median(time_once(fn, device) for _ in range(repeats))
 
 
 def build_timm(args, method: Optional[str], top_k: Optional[int] = None) -> Tuple[torch.nn.Module, Tuple[int, int]]:

@@ -30,9 +30,9 @@ import platform
 import re
 import statistics
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, ContextManager, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -41,6 +41,7 @@ from tqdm import tqdm
 from mmtt.modules import TokenTransform
 from mmtt.patch.timm import apply_patch, remove_patch
 from mmtt.pretrained import FocusModel, load_focus_model, preprocess
+from mmtt.tools._timing import autocast, time_once
 from mmtt.tools.fidelity_core import compare, flops_entry, list_images, run_model
 from mmtt.tools.pareto_report import UNMODIFIED, mark_fronts, plot, print_table
 
@@ -134,28 +135,6 @@ def patched(model: FocusModel, point: dict, layers: Sequence[int]) -> Iterator[N
         yield
     finally:
         remove_patch(model.backbone)
-
-
-def time_once(fn: Callable[[], object], device: torch.device) -> float:
-    """Seconds of one call of ``fn`` (CUDA events on a GPU, so queued work is counted)."""
-    if device.type == 'cuda':
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        torch.cuda.synchronize()
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        return start.elapsed_time(end) / 1e3
-    t0 = time.perf_counter()
-    fn()
-    if device.type != 'cpu':
-        getattr(torch, device.type).synchronize()
-    return time.perf_counter() - t0
-
-
-def autocast(device: torch.device, dtype: torch.dtype) -> ContextManager:
-    """Reduced precision for forwards; float32 runs as is."""
-    return nullcontext() if dtype == torch.float32 else torch.autocast(device.type, dtype=dtype)
 
 
 def describe_hardware(device: torch.device) -> str:

@@ -20,8 +20,6 @@ Token Transforming reduction's cost beyond plain SDPA and compares it with ToMe'
 import argparse
 import json
 import statistics
-import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -31,6 +29,7 @@ from torch import Tensor
 
 from mmtt import functional as TF
 from mmtt.pretrained import load_focus_model, preprocess
+from mmtt.tools._timing import autocast, time_once
 from mmtt.tools.fidelity_core import list_images
 
 DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
@@ -52,19 +51,6 @@ def capture_block_inputs(size: int, layer: int, images: Sequence[Path], device: 
         qkv = attn.qkv(vit.blocks[layer].norm1(x)).reshape(b, n, 3, attn.num_heads, attn.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)
     return {'x': x, 'q': attn.q_norm(q), 'k': attn.k_norm(k), 'v': v}
-
-
-def median_ms(fn: Callable[[], object], device: torch.device) -> float:
-    if device.type == 'cuda':
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        return start.elapsed_time(end)
-    t0 = time.perf_counter()
-    fn()
-    return (time.perf_counter() - t0) * 1e3
 
 
 def steps_for(inputs: Dict[str, Tensor], keep_ratio: float, kappa: float, tau: float, strides: Sequence[int],
@@ -96,8 +82,7 @@ def steps_for(inputs: Dict[str, Tensor], keep_ratio: float, kappa: float, tau: f
 def measure(inputs: Dict[str, Tensor], args: argparse.Namespace, dtype_name: str, keep_ratio: float) -> Dict[str, float]:
     dtype = DTYPES[dtype_name]
     device = inputs['x'].device
-    autocast = (torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext())
-    with torch.no_grad(), autocast:
+    with torch.no_grad(), autocast(device, dtype):
         steps = steps_for(inputs, keep_ratio, args.kappa, args.tau, args.score_strides, args.top_k, dtype)
         for fn in steps.values():
             for _ in range(args.warmup):
@@ -105,7 +90,7 @@ def measure(inputs: Dict[str, Tensor], args: argparse.Namespace, dtype_name: str
         times: Dict[str, List[float]] = {name: [] for name in steps}
         for _ in range(args.repeats):
             for name, fn in steps.items():
-                times[name].append(median_ms(fn, device))
+                times[name].append(time_once(fn, device) * 1e3)
     return {name: statistics.median(t) for name, t in times.items()}
 
 
