@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test
+.PHONY: setup demo test lint
 setup:
 	bash tools/setup_env.sh
 
@@ -11,3 +11,7 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+# ruff (pinned by the set-up; rules and line length in ruff.toml): pyflakes, pycodestyle, import order.
+lint: setup
+	.venv/bin/ruff check .

@@ -1,25 +1,18 @@
 """mmtt: training-free Token Transforming for OpenMMLab and timm vision transformers.
 
 ``custom_imports = dict(imports=['mmtt'])`` registers :class:`TokenTransform` and
-:class:`TokenRecovery` in MMEngine's root ``MODELS`` registry.
+:class:`TokenRecovery` in MMEngine's root ``MODELS`` registry, and mmtt's backbones in the
+registries of the installed OpenMMLab hosts (each host's versions are checked by its own
+module, so a host outside the supported range does not stop the others).
 """
-from importlib.util import find_spec
-
 from .compat import check_versions
 
 check_versions()
 
-from . import _mim  # noqa: E402
-from .modules import Reduction, TokenRecovery, TokenTransform  # noqa: E402
-from .version import __version__  # noqa: E402
+from . import _mim, models  # noqa: F401
+from .modules import Reduction, TokenRecovery, TokenTransform
+from .version import __version__
 
 _mim.register()
-
-# Host backbones register into their libraries' registries when those are installed.
-if find_spec('mmseg') is not None:
-    from .patch import mmseg_vit  # noqa: F401
-    from . import models  # noqa: F401
-if find_spec('mmdet') is not None:
-    from .patch import mmdet_swin  # noqa: F401
 
 __all__ = ['TokenTransform', 'TokenRecovery', 'Reduction', '__version__']

@@ -1,39 +1,25 @@
 """Resolution of ``mmtt::`` config bases inside MMEngine, also for scripts that never import mmtt.
 
-MMEngine 0.10 resolves ``pkg::path`` only for packages in its hard-coded ``MODULE2PACKAGE``
-table and only for paths with a folder (``mmdet::dino/x.py``). :func:`patch_config_utils`
-adds mmtt to the table and accepts its top-level configs (``mmtt::segmenter_tt_ade20k.py``).
+MMEngine 0.10 resolves ``pkg::folder/file.py`` (``mmtt::segmenter/segmenter_tt_ade20k.py``)
+itself, but only for packages in its hard-coded ``MODULE2PACKAGE`` table;
+:func:`patch_config_utils` adds mmtt to it.
 
 Two ways in: ``import mmtt`` applies it (:mod:`mmtt._mim`), and a wheel install of mmtt also
 installs this file as the top-level module ``_mmtt_mim_hook`` with a ``.pth`` line that runs
 :func:`install` at interpreter start-up. That only puts a finder on ``sys.meta_path`` which
-waits for ``mmengine.config.utils`` to be imported and patches it right after it executes,
-before ``mmengine.config.config`` imports names from it; so mmseg's or mmdet's own
-``tools/test.py`` can parse a config whose ``_base_`` is an ``mmtt::`` config. Standard
-library only: nothing else is imported at start-up.
+waits for ``mmengine.config.utils`` to be imported and patches it right after it executes; so
+mmseg's or mmdet's own ``tools/test.py`` can parse a config whose ``_base_`` is an ``mmtt::``
+config. Standard library only: nothing else is imported at start-up.
 """
-import re
 import sys
 from importlib.abc import MetaPathFinder
 
 CONFIG_UTILS = 'mmengine.config.utils'
-_TOP_LEVEL_CONFIG = re.compile(r'mmtt::[\w.-]+\.py$')
 
 
 def patch_config_utils(utils) -> None:
     """Make the module ``mmengine.config.utils`` resolve ``mmtt::`` bases (idempotent)."""
     utils.MODULE2PACKAGE.setdefault('mmtt', 'mmtt')
-    original = utils._get_package_and_cfg_path
-    if getattr(original, '_mmtt', False):
-        return
-
-    def _get_package_and_cfg_path(cfg_path: str):
-        if _TOP_LEVEL_CONFIG.match(cfg_path):
-            return 'mmtt', cfg_path.partition('::')[2]
-        return original(cfg_path)
-
-    _get_package_and_cfg_path._mmtt = True
-    utils._get_package_and_cfg_path = _get_package_and_cfg_path
 
 
 class _ConfigUtilsFinder(MetaPathFinder):

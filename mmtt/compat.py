@@ -1,5 +1,6 @@
-"""Supported versions of the libraries mmtt builds on, checked at import time."""
+"""Supported versions of the libraries mmtt builds on, checked per host when it is used."""
 from importlib.metadata import PackageNotFoundError, version
+from typing import List
 
 from packaging.version import Version
 
@@ -11,13 +12,29 @@ SUPPORTED = {
     'mmsegmentation': ('1.2.0', '1.3.0'),
     'mmdet': ('3.3.0', '3.4.0'),
     'timm': ('1.0.0', '2.0.0'),
+    'mmpretrain': ('1.2.0', '1.3.0'),
+    'tlt': ('0.2.0', '0.3.0'),
+    # 4.51 only: mmtt.patch.transformers follows its LLaVA layout (4.52 moved it into
+    # LlavaModel), and mmpretrain 1.2's multimodal models need modeling_utils names 4.52 dropped.
+    'transformers': ('4.51.0', '4.52.0'),
+}
+# What each part of mmtt needs: the core on import, a host's module when it is imported.
+CORE = ('torch', 'mmengine')
+HOSTS = {
+    'timm': ('timm',),
+    'mmseg': ('mmsegmentation', 'mmcv'),
+    'mmdet': ('mmdet', 'mmcv'),
+    'mmpretrain': ('mmpretrain', 'mmcv'),
+    'lvvit': ('tlt', 'timm'),
+    'transformers': ('transformers',),
 }
 
 
-def check_versions() -> None:
-    """Raise ``ImportError`` naming what is installed and what is supported, if out of range."""
+def version_problems(*packages: str) -> List[str]:
+    """One line per installed package of ``packages`` outside its supported range."""
     problems = []
-    for package, (low, high) in SUPPORTED.items():
+    for package in packages:
+        low, high = SUPPORTED[package]
         try:
             installed = version(package)
         except PackageNotFoundError:
@@ -25,6 +42,21 @@ def check_versions() -> None:
         release = Version(Version(installed).base_version)
         if not Version(low) <= release < Version(high):
             problems.append(f'{package} {installed} is installed; mmtt supports {package}>={low},<{high}')
+    return problems
+
+
+def check_versions(*packages: str) -> None:
+    """Raise ``ImportError`` naming what is installed and what is supported, if out of range.
+    Without arguments: the core (torch, mmengine)."""
+    problems = version_problems(*(packages or CORE))
     if problems:
         raise ImportError('mmtt cannot run with the installed libraries:\n  ' + '\n  '.join(problems)
                           + '\n(tools/setup_env.sh installs a supported set)')
+
+
+def host_supported(host: str) -> bool:
+    """Whether ``host`` (a key of :data:`HOSTS`) is installed in a supported version."""
+    from importlib.util import find_spec
+    module = {'mmseg': 'mmseg', 'mmdet': 'mmdet', 'timm': 'timm', 'mmpretrain': 'mmpretrain',
+              'lvvit': 'tlt', 'transformers': 'transformers'}[host]
+    return find_spec(module) is not None and not version_problems(*HOSTS[host])

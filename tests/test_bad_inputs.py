@@ -10,13 +10,12 @@ import pytest
 import timm
 import torch
 from mmengine.registry import init_default_scope
+from mmseg.registry import MODELS as SEG_MODELS
+from tiny_seg import REPO, TINY_VIT, save_mmseg_checkpoint, write_config, write_tiny_ade20k
 
 import mmtt.functional as TF
 from mmtt import TokenTransform
 from mmtt.patch import timm as tt
-from mmseg.registry import MODELS as SEG_MODELS
-
-from tiny_seg import REPO, TINY_VIT, save_mmseg_checkpoint, write_config, write_tiny_ade20k
 
 
 def tokens(b=2, n=17, c=8):
@@ -141,7 +140,7 @@ def test_apply_patch_names_the_bad_key_even_when_nothing_is_reduced(kwargs, need
 
 def test_apply_patch_takes_numpy_layer_indices():
     model = tt.apply_patch(small_vit(), layers=np.array([1, 2]))
-    assert [b.mmtt_transform is not None for b in model.blocks] == [False, True, True, False]
+    assert [b.token_transform is not None for b in model.blocks] == [False, True, True, False]
 
 
 # --- mmseg TokenVisionTransformer -------------------------------------------------------------
@@ -227,7 +226,7 @@ def test_benchmark_refuses_bad_options_up_front(args, needle, capsys):
 def test_get_flops_refuses_bad_shapes_in_one_line(shape, capsys):
     from mmtt.tools import get_flops
     with pytest.raises(SystemExit) as info:
-        get_flops.main([str(REPO / 'configs/segmenter_tt_ade20k.py'), '--shape', *shape])
+        get_flops.main([str(REPO / 'configs/segmenter/segmenter_tt_ade20k.py'), '--shape', *shape])
     assert info.value.code == 2 and '--shape' in capsys.readouterr().err.splitlines()[-1]
 
 

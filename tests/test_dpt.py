@@ -2,7 +2,6 @@
 losses, the Table 3 metric, and tools/test.py + dist_test.sh end to end."""
 import os
 import re
-import runpy
 import shutil
 import subprocess
 import sys
@@ -16,15 +15,31 @@ from mmengine.structures import PixelData
 from mmseg.evaluation.metrics import DepthMetric
 from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
+from tiny_nyu import (
+    METRICS,
+    REPO,
+    TINY_BACKBONE,
+    TINY_HEAD,
+    OfficialDPTHybrid,
+    build_tiny,
+    depth_pngs,
+    run_tool,
+    tiny_official,
+    write_config,
+    write_tiny_nyu,
+)
+from tiny_seg import free_port
 
 import mmtt.models  # noqa: F401  (registers the DPT modules in mmseg)
 from mmtt.analysis import count_flops
-from mmtt.models.dpt import (BTSDepthMetric, GradientMatchingLoss, ScaleShiftInvariantLoss,
-                             convert_dpt_key, convert_dpt_state_dict)
-
-from tiny_seg import free_port
-from tiny_nyu import (METRICS, REPO, TINY_BACKBONE, TINY_HEAD, OfficialDPTHybrid, build_tiny,
-                      depth_pngs, run_tool, tiny_official, write_config, write_tiny_nyu)
+from mmtt.models.dpt import (
+    BTSDepthMetric,
+    GradientMatchingLoss,
+    ScaleShiftInvariantLoss,
+    convert_dpt_key,
+    convert_dpt_state_dict,
+)
+from mmtt.tools import convert_dpt_checkpoint
 
 
 def tt(keep_ratio=0.6, method='transform', layers=(1, 2)):
@@ -59,7 +74,7 @@ def test_converter_maps_the_full_size_official_layout_strictly():
     with torch.device('meta'):   # names and shapes only: no memory, no time
         official = OfficialDPTHybrid().state_dict()
     init_default_scope('mmseg')
-    model = MODELS.build(Config.fromfile(str(REPO / 'configs/dpt_tt_nyu.py')).model)
+    model = MODELS.build(Config.fromfile(str(REPO / 'configs/dpt/dpt_tt_nyu.py')).model)
     shapes = {k: tuple(v.shape) for k, v in official.items()}
     # Keys and shapes of isl-org/DPT's dpt_hybrid_nyu-2ce69ec7.pt.
     assert shapes['pretrained.model.patch_embed.backbone.stem.conv.weight'] == (64, 3, 7, 7)
@@ -184,8 +199,8 @@ def test_bts_metric_reports_nine_metrics_with_table3_silog():
 
 
 def test_shipped_configs_build_and_reduce_flops_with_tiny_overrides():
-    plain_cfg = Config.fromfile(str(REPO / 'configs/dpt_nyu.py'))
-    tt_cfg = Config.fromfile(str(REPO / 'configs/dpt_tt_nyu.py'))
+    plain_cfg = Config.fromfile(str(REPO / 'configs/dpt/dpt_nyu.py'))
+    tt_cfg = Config.fromfile(str(REPO / 'configs/dpt/dpt_tt_nyu.py'))
     assert plain_cfg.model.backbone.reduce_layers == []
     assert tt_cfg.model.backbone.token_transform.keep_ratio == 0.7
     for cfg in (plain_cfg, tt_cfg):
@@ -213,13 +228,7 @@ def nyu_setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp('nyu')
     write_tiny_nyu(tmp / 'data')
     torch.save(official_state().state_dict(), tmp / 'dpt_official_tiny.pt')
-    argv = sys.argv
-    sys.argv = ['convert_dpt_checkpoint.py', str(tmp / 'dpt_official_tiny.pt'),
-                str(tmp / 'dpt_tiny.pth')]
-    try:
-        runpy.run_path(str(REPO / 'tools/convert_dpt_checkpoint.py'), run_name='__main__')
-    finally:
-        sys.argv = argv
+    convert_dpt_checkpoint.main([str(tmp / 'dpt_official_tiny.pt'), str(tmp / 'dpt_tiny.pth')])
     build_tiny().load_state_dict(torch.load(tmp / 'dpt_tiny.pth')['state_dict'], strict=True)
     return tmp, tmp / 'dpt_tiny.pth'
 
@@ -228,7 +237,7 @@ def nyu_setup(tmp_path_factory):
 def tool_runs(nyu_setup):
     """tools/test.py on the unmodified, keep-ratio-1 and reduced tiny configs, with --out."""
     tmp, ckpt = nyu_setup
-    configs = dict(plain=write_config(tmp, 'plain', {}, base='configs/dpt_nyu.py'),
+    configs = dict(plain=write_config(tmp, 'plain', {}, base='configs/dpt/dpt_nyu.py'),
                    keep1=write_config(tmp, 'keep1', tt(keep_ratio=1.0)),
                    reduced=write_config(tmp, 'reduced', tt(keep_ratio=0.6)))
     metrics = {name: run_tool([sys.executable, str(REPO / 'tools/test.py'), str(cfg), str(ckpt),

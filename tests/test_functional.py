@@ -1,8 +1,8 @@
 """The pure tensor functions against the paper's equations, invariants, and bad input."""
 import pytest
+import reference as ref
 import torch
 
-import reference as ref
 from mmtt import functional as TF
 
 
@@ -172,9 +172,13 @@ def test_top_k_keeps_the_k_largest_column_shares_of_eq5_then_eq6_and_8():
 
 
 def test_tome_matches_bipartite_matching_reference():
+    # The reference splits these tokens A = even, B = odd and keeps the unmerged A tokens in
+    # their order: ToMe's code does that after an even number of prefix tokens (class and
+    # distillation token). With P = 0 ToMe leaves them in score order, with P = 1 it shifts the
+    # split (tests/test_tome_reference.py covers every case).
     x = clustered_tokens(2, 13, 5, seed=4)
     for b in range(2):
-        matrix = TF.tome_matrix(x[b:b + 1], 8)
+        matrix = TF.tome_matrix(x[b:b + 1], 8, num_prefix=2)
         tokens, sizes = ref.tome_merge(x[b], x[b], 13 - 8)
         assert torch.allclose(matrix.apply(x[b:b + 1])[0], tokens, atol=1e-12)
         assert torch.equal(matrix.sizes[0], sizes)
@@ -307,6 +311,27 @@ def test_similarity_ignores_autocast_so_w_is_the_same_under_bf16_autocast():
     with torch.autocast('cpu', dtype=torch.bfloat16):
         auto = TF.transform_token_matrix(x, scores, 12, 0.55, 150.0)
     assert auto.weight.dtype == torch.float32 and torch.equal(auto.weight, plain.weight)
+
+
+@pytest.mark.parametrize('top_k,orphans', [(None, 'spread'), (None, 'nearest'), (3, 'spread'),
+                                            (3, 'nearest')])
+def test_mixed_build_shares_one_similarity_and_equals_mixed_scores_then_the_build(top_k, orphans):
+    x = clustered_tokens(2, 40, 8, seed=3)
+    informative = torch.rand(2, 40, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    sizes = torch.randint(1, 4, (2, 40)).double()
+    shared = TF.transform_token_matrix(x, informative, 12, 0.3, 150.0, sizes, top_k=top_k,
+                                       orphans=orphans, mixed=True)
+    separate = TF.transform_token_matrix(x, TF.mixed_scores(informative, x), 12, 0.3, 150.0,
+                                         sizes, top_k=top_k, orphans=orphans)
+    assert torch.allclose(shared.dense(), separate.dense(), atol=1e-12)
+    assert torch.allclose(shared.sizes, separate.sizes, atol=1e-10)
+    assert torch.equal(shared.largest_share(), separate.largest_share())
+    # under bf16 autocast the selection and W are still the float32 ones
+    x32, inf32 = x.float(), informative.float()
+    plain = TF.transform_token_matrix(x32, inf32, 12, 0.3, 150.0, mixed=True)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        auto = TF.transform_token_matrix(x32, inf32, 12, 0.3, 150.0, mixed=True)
+    assert torch.equal(auto.weight, plain.weight)
 
 
 def test_sampled_scores_are_the_strided_column_sums_of_eq2():

@@ -3,22 +3,31 @@ shapes, bad settings, the shipped configs, FLOPs, and tools/test.py end to end o
 import pytest
 import torch
 import torch.nn.functional as F
+from mmdet.registry import MODELS
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
+from tiny_coco import (
+    REPO,
+    TINY_SWIN,
+    TINY_TT,
+    load_results,
+    run_test_tool,
+    save_dino_checkpoint,
+    tiny_dino,
+    write_config,
+    write_tiny_coco,
+)
 from torch import nn
 
-from mmtt.analysis import count_flops
+from mmtt.analysis import DetTensorForward, count_flops, detection_test_shape, is_detector
 from mmtt.functional import size_bias
 from mmtt.functional import windows as W
-from mmtt.patch.mmdet_swin import TokenSwinTransformer, WindowTokenTransform
+from mmtt.models.backbones.swin import TokenSwinTransformer
 from mmtt.modules import TokenRecovery, TokenTransform
-from mmtt.tools.det_utils import DetTensorForward, detection_test_shape, is_detector
-from mmdet.registry import MODELS
+from mmtt.modules.host import Capture as ScoreRequest
+from mmtt.modules.window_transform import WindowTokenTransform
 
-from tiny_coco import (REPO, TINY_SWIN, TINY_TT, load_results, run_test_tool, save_dino_checkpoint,
-                       tiny_dino, write_config, write_tiny_coco)
-
-CONFIGS = [REPO / 'configs/dino_tt_swin-l_coco.py', REPO / 'configs/dino_tt_swin-l_coco_36e.py']
+CONFIGS = [REPO / 'configs/dino/dino_tt_swin-l_coco.py', REPO / 'configs/dino/dino_tt_swin-l_coco_36e.py']
 
 
 def build(cfg):
@@ -148,7 +157,8 @@ def test_scoring_attention_equals_hosts_and_scores_are_window_column_sums(shift)
     x, hw = torch.randn(2, 11 * 16, 32), (11, 16)
     with torch.no_grad():
         host = type(attn).__mro__[1].forward(attn, x, hw)
-        out, scores = attn.forward_with_scores(x, hw)
+        out, captured = attn(x, hw, capture=ScoreRequest('informative'))
+        scores = captured.scores
     assert torch.allclose(out, host, atol=1e-5)
     sums = probs['p'].sum(2).mean(1)[..., None]                            # [B * nW, 49, 1]
     ref = W.window_reverse(sums, 7, 14, 21)[..., 0]

@@ -6,7 +6,6 @@ import sys
 
 import pytest
 import yaml
-
 from tiny_seg import REPO, TINY_VIT, run_tool, save_mmseg_checkpoint, write_config, write_tiny_ade20k
 
 
@@ -31,7 +30,7 @@ def installed(tmp_path_factory):
 
 def test_wheel_ships_configs_metafiles_and_tools(installed):
     mim = installed / 'mmtt/.mim'
-    assert (mim / 'configs/segmenter_tt_ade20k.py').is_file()
+    assert (mim / 'configs/segmenter/segmenter_tt_ade20k.py').is_file()
     assert (mim / 'tools/dist_test.sh').is_file()
     index = yaml.safe_load((mim / 'model-index.yml').read_text())
     listed = []
@@ -51,7 +50,7 @@ def test_downstream_config_inherits_mmtt_config_and_tests_without_checkout(insta
     ckpt = save_mmseg_checkpoint(tmp_path)
     downstream = write_config(
         tmp_path, 'downstream', dict(TINY_VIT, reduce_layers=(1, 2)),
-        base='mmtt::segmenter_tt_ade20k.py', replace_backbone=False,
+        base='mmtt::segmenter/segmenter_tt_ade20k.py', replace_backbone=False,
         header="custom_imports = dict(imports=['mmtt'], allow_failed_imports=False)\n")
     work = tmp_path / 'elsewhere'
     work.mkdir()
@@ -73,9 +72,9 @@ def test_version_check_names_installed_and_supported(monkeypatch):
     import mmtt.compat as compat
     monkeypatch.setitem(compat.SUPPORTED, 'mmcv', ('2.0.0', '2.1.0'))
     with pytest.raises(ImportError, match=r'mmcv 2\.1\.0 is installed; mmtt supports mmcv>=2\.0\.0,<2\.1\.0'):
-        compat.check_versions()
+        compat.check_versions('mmcv')
     monkeypatch.setitem(compat.SUPPORTED, 'mmcv', ('2.0.0', '2.2.0'))
-    compat.check_versions()
+    compat.check_versions('mmcv')
 
 
 def test_mmseg_own_test_tool_takes_a_downstream_config_through_the_start_up_hook(installed, tmp_path):
@@ -91,7 +90,7 @@ def test_mmseg_own_test_tool_takes_a_downstream_config_through_the_start_up_hook
     torch.save(dict(state_dict=state), ckpt)
     downstream = write_config(
         tmp_path, 'downstream', dict(TINY_VIT, reduce_layers=(1, 2)),
-        base='mmtt::segmenter_tt_ade20k.py', replace_backbone=False,
+        base='mmtt::segmenter/segmenter_tt_ade20k.py', replace_backbone=False,
         header="custom_imports = dict(imports=['mmtt'], allow_failed_imports=False)\n")
     mmseg_test = os.path.join(os.path.dirname(mmseg.__file__), '.mim', 'tools', 'test.py')
     work = tmp_path / 'elsewhere'

@@ -9,9 +9,18 @@ import timm
 import torch
 
 from mmtt.patch.timm import apply_patch, remove_patch
-from mmtt.pretrained import (SaliencyDecoder, check_against_onnxruntime, convert_wheel,
-                             converted_weights, find_wheel, load_focus_model, mask_iou,
-                             mean_abs_error, preprocess, resample_pos_embed)
+from mmtt.pretrained import (
+    SaliencyDecoder,
+    check_against_onnxruntime,
+    convert_wheel,
+    converted_weights,
+    find_wheel,
+    load_focus_model,
+    mask_iou,
+    mean_abs_error,
+    preprocess,
+    resample_pos_embed,
+)
 from mmtt.pretrained.focus_vit import TIMM_NAME
 
 

@@ -6,8 +6,8 @@ from timm.layers import Attention
 from timm.models.vision_transformer import Block, VisionTransformer
 
 from mmtt.analysis import count_flops
+from mmtt.modules.host import BlockSettings, TokenState
 from mmtt.patch import timm as tt
-from mmtt.patch._state import TokenState
 
 TINY = {   # name -> kwargs giving a small model with the family's prefix-token layout
     'vit_tiny_patch16_224': dict(depth=4, img_size=96),
@@ -44,7 +44,7 @@ def test_ratio_one_reproduces_timm_exactly_and_remove_patch_restores(name, metho
         tt.apply_patch(model, method=method, keep_ratio=0.6, layers=(0, 2))
         reduced = model(x)
         tt.remove_patch(model)
-        assert type(model) in (VisionTransformer, type(model)) and not hasattr(model, '_mmtt_state')
+        assert type(model) in (VisionTransformer, type(model)) and not hasattr(model, 'token_recovery')
         assert all(type(b) is Block and type(b.attn) is Attention for b in model.blocks)
         assert torch.equal(model(x), ref)
     assert torch.isfinite(reduced).all() and not torch.equal(reduced, ref)
@@ -98,7 +98,7 @@ def test_score_stride_keeps_the_fused_kernel_in_reducing_blocks_too(sdpa_calls):
         sdpa_calls.clear()
         sampled = model(x)
         assert sdpa_calls == [False, False, True, True]   # block 1 reduces on the fused kernel now
-        assert model.mmtt_recovery.mode == 'share'
+        assert model.token_recovery.mode == 'share'
         assert model.forward_features(x).shape[1] == 1 + 36
     assert exact.shape == sampled.shape and torch.isfinite(sampled).all()
     tt.remove_patch(model)
@@ -117,10 +117,8 @@ def test_block_with_sizes_equals_block_on_duplicated_tokens():
     with torch.no_grad():
         ref = block(expanded)
         block.__class__ = tt.TokenBlock
-        block.mmtt_transform, block._mmtt_metric = None, 'hidden'
-        block._mmtt_state = TokenState(num_prefix=1, recovery=None)
-        block._mmtt_state.sizes = sizes
-        out = block(x)
+        block.token_transform, block._mmtt = None, BlockSettings(num_prefix=1)
+        out, _ = block(x, TokenState(sizes=sizes))
     first_copy = torch.cat([torch.zeros(1), sizes[0].cumsum(0)[:-1]]).long()
     assert torch.allclose(out[0], ref[0, first_copy], atol=1e-5)
 
@@ -129,10 +127,10 @@ def test_avg_pool_is_weighted_by_size():
     model = make('vit_base_patch16_224')
     tt.apply_patch(model, keep_ratio=0.5, layers=(1,))
     feats = torch.randn(2, 4, 64)
-    model._mmtt_state.sizes = torch.tensor([[1.0, 1.0, 2.0, 4.0]] * 2)
-    pooled = model.pool(feats)
+    sizes = torch.tensor([[1.0, 1.0, 2.0, 4.0]] * 2)
+    pooled = model.forward_head(feats, pre_logits=True, sizes=sizes)
     expected = (feats * torch.tensor([1.0, 1.0, 2.0, 4.0])[None, :, None]).sum(1) / 8
-    assert torch.allclose(pooled, expected)
+    assert torch.allclose(pooled, model.fc_norm(expected))
 
 
 @pytest.mark.parametrize('preset,gflops', [('deit-s/0.7', 3.0), ('deit-s/0.6', 2.6)])

@@ -4,12 +4,11 @@ import json
 
 import pytest
 import torch
+from tiny_coco import TINY_SWIN, TINY_TT, write_config
 from torch import nn
 
 from mmtt.analysis import count_flops
 from mmtt.tools import benchmark
-
-from tiny_coco import TINY_SWIN, TINY_TT, write_config
 
 
 def test_timm_variants_side_by_side_with_ratios_and_json(tmp_path, capsys):
@@ -55,8 +54,10 @@ def test_detector_config_is_timed_in_eval_mode(tmp_path, part):
 
 def test_sdpa_baseline_is_the_unmodified_model_on_the_fused_kernel(tmp_path, sdpa_calls):
     from mmengine.config import Config
-    from mmtt.tools.get_flops import build_model, unmodified
-    from tiny_seg import TINY_VIT, write_config as write_seg_config
+    from tiny_seg import TINY_VIT
+    from tiny_seg import write_config as write_seg_config
+
+    from mmtt.analysis import build_model, unmodified
     config = write_seg_config(tmp_path, 'tiny', dict(
         TINY_VIT, type='TokenVisionTransformer', reduce_layers=(1, 2),
         token_transform=dict(type='TokenTransform', keep_ratio=0.7),

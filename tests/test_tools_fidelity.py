@@ -2,7 +2,6 @@
 
 The photos come from scikit-image's data (a PyPI package), written to a temporary folder.
 """
-import importlib.util
 import json
 import subprocess
 import sys
@@ -12,15 +11,10 @@ import pytest
 import skimage.data
 from PIL import Image
 
+from mmtt.tools import fidelity
+
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
-
-
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(f'_tool_{name}', ROOT / 'tools' / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def run_tool(name, *args):
@@ -62,7 +56,6 @@ def test_fidelity_writes_json_and_png_with_metrics_in_range(photos, tmp_path):
 
 
 def test_fidelity_reports_unreachable_points_and_bad_arguments(photos, tmp_path):
-    fidelity = load_tool('fidelity')
     with pytest.raises(FileNotFoundError, match='--images'):
         fidelity.list_images(tmp_path / 'missing', None)
     with pytest.raises(FileNotFoundError, match='no .*files'):

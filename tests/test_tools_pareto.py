@@ -42,7 +42,8 @@ def test_sweep_writes_every_point_with_speed_and_fidelity(photos, tmp_path):
     out_json, out_png = tmp_path / 'pareto.json', tmp_path / 'pareto.png'
     done = run(ROOT / 'tools' / 'pareto.py', '--images', photos, '--limit', 2, '--size', 112,
                '--variants', 'tt=method:transform', 'tome-hidden=method:tome,metric:hidden',
-               'typo=method:prune,kapa:0.5', '--keep-ratios', 1.0, 0.6, '--layers', 2, 5,
+               'typo=method:prune,kapa:0.5', 'tps=method:tps', 'pitome=method:pitome',
+               '--keep-ratios', 1.0, 0.6, '--layers', 2, 5,
                '--batch', 2, '--warmup', 1, '--repeats', 1, '--out-json', out_json, '--out-png', out_png)
     assert done.returncode == 0, done.stdout + done.stderr
     result = json.loads(out_json.read_text())
@@ -51,7 +52,8 @@ def test_sweep_writes_every_point_with_speed_and_fidelity(photos, tmp_path):
     assert result['config']['variants']['tome-hidden'] == {'method': 'tome', 'metric': 'hidden'}
     points = {(p['label'], p['keep_ratio']): p for p in result['points']}
     assert set(points) == {(UNMODIFIED, 1.0), ('tt', 1.0), ('tt', 0.6), ('tome-hidden', 1.0),
-                           ('tome-hidden', 0.6)}
+                           ('tome-hidden', 0.6), ('tps', 1.0), ('tps', 0.6), ('pitome', 1.0),
+                           ('pitome', 0.6)}
     full = points[UNMODIFIED, 1.0]
     assert full['speedup_b1'] == 1.0 and full['iou'] == 1.0 and full['gflops_ratio'] == 1.0
     for p in points.values():
@@ -60,6 +62,8 @@ def test_sweep_writes_every_point_with_speed_and_fidelity(photos, tmp_path):
         assert 0 <= p['iou_min'] <= p['iou'] <= 1 and len(p['per_image']['iou']) == 2
     assert points['tt', 1.0]['mae'] == 0 and points['tt', 1.0]['gflops'] == full['gflops']
     assert points['tt', 0.6]['gflops_ratio'] < 0.9 and points['tt', 0.6]['iou'] > 0.3
+    for peer in ('tps', 'pitome'):   # the table's peers, selected by method= alone
+        assert points[peer, 1.0]['mae'] == 0 and points[peer, 0.6]['gflops_ratio'] < 0.9
     # The unknown key skips that variant's points, with the key named, and the run goes on.
     assert len(result['skipped']) == 2 and all("'kapa'" in p['skipped'] for p in result['skipped'])
     assert 'skipped' in done.stdout

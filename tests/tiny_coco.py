@@ -9,13 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from mmdet.registry import MODELS
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from PIL import Image
 
 import mmtt  # noqa: F401
-import mmtt.patch.mmdet_swin  # noqa: F401  (registers TokenSwinTransformer)
-from mmdet.registry import MODELS
+import mmtt.models.backbones.swin  # noqa: F401  (registers TokenSwinTransformer)
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ('cat', 'dog')
@@ -65,13 +65,13 @@ def write_tiny_coco(root: Path, count: int = 4) -> None:
 
 
 def write_config(tmp: Path, name: str, backbone: dict,
-                 base: str = str(REPO / 'configs/dino_tt_swin-l_coco.py')) -> Path:
+                 base: str = str(REPO / 'configs/dino/dino_tt_swin-l_coco.py')) -> Path:
     """A tiny DINO config over ``base`` that evaluates the set of :func:`write_tiny_coco`."""
     data = tmp / 'data'
     text = f"""
 _base_ = ['{base}']
 # The explicit module import keeps this working whether or not `import mmtt` registers it.
-custom_imports = dict(imports=['mmtt', 'mmtt.patch.mmdet_swin'], allow_failed_imports=False)
+custom_imports = dict(imports=['mmtt', 'mmtt.models.backbones.swin'], allow_failed_imports=False)
 model = {dict(TINY_DINO, backbone=dict(backbone, _delete_=True))!r}
 test_pipeline = [
     dict(type='LoadImageFromFile'),

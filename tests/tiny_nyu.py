@@ -43,7 +43,7 @@ def write_tiny_nyu(root: Path, count: int = 3) -> None:
     assert np.array(Image.open(root / 'annotations/test/kitchen_0000.png')).dtype == np.uint16
 
 
-def write_config(tmp: Path, name: str, backbone: dict, base: str = 'configs/dpt_tt_nyu.py') -> Path:
+def write_config(tmp: Path, name: str, backbone: dict, base: str = 'configs/dpt/dpt_tt_nyu.py') -> Path:
     """A tiny config over ``base`` reading :func:`write_tiny_nyu`'s set at 64x96."""
     text = f"""
 _base_ = ['{REPO / base}']

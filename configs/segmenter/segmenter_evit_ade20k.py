@@ -1,4 +1,4 @@
 # Segmenter-L ADE20K with EViT-style fusion under the same token schedule, for side-by-side runs.
-_base_ = ['../segmenter_tt_ade20k.py']
+_base_ = ['./segmenter_tt_ade20k.py']
 
 model = dict(backbone=dict(token_transform=dict(method='evit')))

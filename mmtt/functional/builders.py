@@ -10,8 +10,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._checks import (check_choice, check_floating, check_kappa, check_num_keep, check_tau,
-                      check_tensor, check_top_k)
+from ._checks import (
+    check_choice,
+    check_floating,
+    check_kappa,
+    check_num_keep,
+    check_tau,
+    check_tensor,
+    check_top_k,
+    is_int,
+)
+from .scores import mixed_scores
+from .scores import rank_sum as _rank_sum
 from .token_matrix import GATHER, MASS, SCATTER, TokenMatrix
 
 SIMILARITIES = ('cosine', 'euclidean')
@@ -27,6 +37,17 @@ def _work_dtype(x: Tensor) -> torch.dtype:
 def _check_sizes(sizes: Optional[Tensor], x: Tensor) -> None:
     if sizes is not None:
         check_tensor('sizes', sizes, 2, x.shape[:2])
+
+
+def _threshold(x: Tensor, threshold: float, inplace: bool) -> Tensor:
+    """``F.threshold(x, threshold, 0)``: ``x`` where ``x > threshold``, else 0.
+
+    ONNX's TorchScript exporter has no symbolic for a non-zero threshold, so a trace records
+    the same values as a ``where`` (eager keeps the one in-place pass).
+    """
+    if torch.jit.is_tracing():
+        return torch.where(x <= threshold, torch.zeros_like(x), x)
+    return F.threshold(x, threshold, 0.0, inplace=inplace)
 
 
 def _float_matmul(a: Tensor, b: Tensor) -> Tensor:
@@ -100,7 +121,7 @@ def transform_matrix(x: Tensor, scores: Tensor, num_keep: int, kappa: float, tau
         decreasing score order.
     """
     queries = _checked_queries(x, scores, num_keep, kappa, tau, sizes, orphans)
-    return _matrix_from_queries(x, queries, kappa, tau, sizes, similarity_kind, orphans)
+    return matrix_from_queries(x, queries, kappa, tau, sizes, similarity_kind, orphans)
 
 
 def _checked_queries(x: Tensor, scores: Tensor, num_keep: int, kappa: float, tau: float,
@@ -118,27 +139,26 @@ def _checked_queries(x: Tensor, scores: Tensor, num_keep: int, kappa: float, tau
     return x.gather(1, keep[..., None].expand(-1, -1, x.shape[-1]))
 
 
-def _gated_logits(x: Tensor, queries: Tensor, kappa: float, tau: float,
-                  similarity_kind: str) -> Tuple[Tensor, Tensor, Tensor]:
-    """Eq. 3-4 times tau, token-major: ``(tau * GSim [B, N, M], nearest [B, N], orphan [B, N])``.
+def _gated_logits(logits: Tensor, kappa: float, tau: float) -> Tuple[Tensor, Tensor, Tensor]:
+    """Eq. 3-4 times tau, token-major: ``(tau * GSim [B, N, M], nearest [B, N], orphan [B, N])``
+    from ``logits = tau * sim`` (``[B, N, M]``, modified in place outside autograd).
 
     ``nearest`` is each token's most similar query; ``orphan`` marks tokens whose every
     similarity is below kappa.
     """
-    logits = _token_similarity(x, queries, similarity_kind, scale=tau)
     best, nearest = logits.max(dim=-1)
     # The gate as one in-place pass over the largest tensor of the build. threshold keeps
     # values > kappa tau, so a similarity exactly equal to kappa is gated out (the paper keeps
     # it); ties at the boundary have probability zero for real tokens.
-    gated = F.threshold(logits, kappa * tau, 0.0, inplace=not logits.requires_grad)
+    gated = _threshold(logits, kappa * tau, inplace=not logits.requires_grad)
     return gated, nearest, best <= kappa * tau
 
 
-def _shares(x: Tensor, queries: Tensor, kappa: float, tau: float, similarity_kind: str,
-            orphans: str) -> Tuple[Tensor, Tensor]:
-    """Eq. 5, token-major: ``(m^T [B, N, M], nearest [B, N])``; row j of ``m^T`` is token
-    j's softmax over the M queries (the contiguous dimension, so softmax is one fast pass)."""
-    logits, nearest, orphan = _gated_logits(x, queries, kappa, tau, similarity_kind)
+def _shares(logits: Tensor, kappa: float, tau: float, orphans: str) -> Tuple[Tensor, Tensor]:
+    """Eq. 5, token-major: ``(m^T [B, N, M], nearest [B, N])`` from ``logits = tau * sim``;
+    row j of ``m^T`` is token j's softmax over the M queries (the contiguous dimension, so
+    softmax is one fast pass)."""
+    logits, nearest, orphan = _gated_logits(logits, kappa, tau)
     # softmax subtracts the row max first: exp never sees more than 0.
     m = logits.softmax(dim=-1)
     if orphans == 'nearest':
@@ -152,10 +172,11 @@ def _shares(x: Tensor, queries: Tensor, kappa: float, tau: float, similarity_kin
     return m, nearest
 
 
-def _mass_matrix(x: Tensor, queries: Tensor, kappa: float, tau: float, sizes: Optional[Tensor],
-                 similarity_kind: str, orphans: str) -> TokenMatrix:
-    """Eq. 5, 6 and 8 as a ``mass`` :class:`TokenMatrix` (W is never formed)."""
-    mass, nearest = _shares(x, queries, kappa, tau, similarity_kind, orphans)
+def _mass_matrix(logits: Tensor, kappa: float, tau: float, sizes: Optional[Tensor],
+                 orphans: str) -> TokenMatrix:
+    """Eq. 5, 6 and 8 as a ``mass`` :class:`TokenMatrix` (W is never formed), from
+    ``logits = tau * sim`` (``[B, N, M]``)."""
+    mass, nearest = _shares(logits, kappa, tau, orphans)
     inplace = not mass.requires_grad   # in place saves a pass each, but not under autograd
     if sizes is not None:
         column_sizes = sizes[:, :, None].to(mass.dtype)
@@ -163,26 +184,34 @@ def _mass_matrix(x: Tensor, queries: Tensor, kappa: float, tau: float, sizes: Op
     s = mass.sum(dim=1)
     # exp(tau * (GSim - max)) underflows to subnormals for far tokens: they weigh nothing, but
     # make the product with X 10-30x slower on x86 CPUs, so they are flushed to 0.
-    mass = F.threshold(mass, torch.finfo(mass.dtype).tiny, 0.0, inplace=inplace)
-    return TokenMatrix(MASS, x.shape[1], queries.shape[1], s, index=nearest, weight=mass)
+    mass = _threshold(mass, torch.finfo(mass.dtype).tiny, inplace=inplace)
+    return TokenMatrix(MASS, mass.shape[1], mass.shape[2], s, index=nearest, weight=mass)
 
 
-def _matrix_from_queries(x: Tensor, queries: Tensor, kappa: float, tau: float,
-                         sizes: Optional[Tensor], similarity_kind: str,
-                         orphans: str) -> Tuple[Tensor, Tensor]:
-    """``(W [B, M, N] in x's dtype, s [B, M])`` for the given queries ``[B, M, C]``."""
-    matrix = _mass_matrix(x, queries, kappa, tau, sizes, similarity_kind, orphans)
+def matrix_from_queries(x: Tensor, queries: Tensor, kappa: float, tau: float,
+                        sizes: Optional[Tensor], similarity_kind: str,
+                        orphans: str) -> Tuple[Tensor, Tensor]:
+    """Eq. 3-6 and 8 for queries chosen by the caller: ``(W [B, M, N] in x's dtype, s [B, M])``.
+
+    :func:`transform_matrix` picks the queries by score; the Swin window transform
+    (:func:`mmtt.functional.windows.grid_transform`) picks one per cell of a grid.
+
+    Args:
+        x: tokens ``[B, N, C]``; queries: ``[B, M, C]``; the rest as :func:`transform_matrix`.
+    """
+    logits = _token_similarity(x, queries, similarity_kind, scale=tau)
+    matrix = _mass_matrix(logits, kappa, tau, sizes, orphans)
     w = matrix.dense()
     return w.masked_fill(w < torch.finfo(w.dtype).tiny, 0.0).to(x.dtype), matrix.sizes
 
 
-def _top_k_matrix(x: Tensor, queries: Tensor, kappa: float, tau: float, sizes: Optional[Tensor],
-                  similarity_kind: str, orphans: str, top_k: int) -> TokenMatrix:
+def _top_k_matrix(logits: Tensor, kappa: float, tau: float, sizes: Optional[Tensor],
+                  orphans: str, top_k: int) -> TokenMatrix:
     # Each column keeps its top_k shares of eq. 5, rescaled to sum to 1; then eq. 6 and 8 as
     # usual, so rows of W still sum to 1 and s still counts original tokens. The rescaled
     # top-k shares of a softmax are the softmax of the top-k logits, so the full M-way
     # softmax is never computed.
-    logits, nearest, orphan = _gated_logits(x, queries, kappa, tau, similarity_kind)
+    logits, nearest, orphan = _gated_logits(logits, kappa, tau)
     batch, num_in, num_out = logits.shape
     top_logits, rows = logits.topk(min(top_k, num_out), dim=-1)    # [B, N, k], largest first
     share = top_logits.softmax(dim=-1)
@@ -204,7 +233,8 @@ def _top_k_matrix(x: Tensor, queries: Tensor, kappa: float, tau: float, sizes: O
 
 def transform_token_matrix(x: Tensor, scores: Tensor, num_keep: int, kappa: float, tau: float,
                            sizes: Optional[Tensor] = None, *, top_k: Optional[int] = None,
-                           similarity_kind: str = 'cosine', orphans: str = 'spread') -> TokenMatrix:
+                           similarity_kind: str = 'cosine', orphans: str = 'spread',
+                           mixed: bool = False) -> TokenMatrix:
     """:func:`transform_matrix` as a :class:`TokenMatrix`, without forming W.
 
     Args:
@@ -215,15 +245,49 @@ def transform_token_matrix(x: Tensor, scores: Tensor, num_keep: int, kappa: floa
             applied by scatter-add, ``k N C`` instead of ``M N C`` multiply-adds. With
             tau = 150 a few rows already hold nearly all of each column (the README gives the
             measured mass and fidelity).
+        mixed: ``scores`` are eq. 2's and the informative tokens are chosen by
+            :func:`mmtt.functional.mixed_scores` (rank of eq. 2 plus rank of distinctness).
+            With cosine similarity the ``[B, N, N]`` similarity that distinctness needs also
+            holds every column W needs, so it is formed once and W's ``[B, N, M]`` block is
+            gathered from it (one ``N^2 C`` product instead of ``N^2 C + N M C``).
         x, scores, num_keep, kappa, tau, sizes, similarity_kind, orphans: as
             :func:`transform_matrix`.
     """
     if top_k is not None:
         check_top_k(top_k)
-    queries = _checked_queries(x, scores, num_keep, kappa, tau, sizes, orphans)
+    if mixed and similarity_kind == 'cosine':
+        queries, logits = _mixed_queries_and_logits(x, scores, num_keep, kappa, tau, sizes, orphans)
+    else:
+        if mixed:
+            scores = mixed_scores(scores, x)
+        queries = _checked_queries(x, scores, num_keep, kappa, tau, sizes, orphans)
+        logits = _token_similarity(x, queries, similarity_kind, scale=tau)
     if top_k is None:
-        return _mass_matrix(x, queries, kappa, tau, sizes, similarity_kind, orphans)
-    return _top_k_matrix(x, queries, kappa, tau, sizes, similarity_kind, orphans, top_k)
+        return _mass_matrix(logits, kappa, tau, sizes, orphans)
+    return _top_k_matrix(logits, kappa, tau, sizes, orphans, top_k)
+
+
+def _mixed_queries_and_logits(x: Tensor, informative: Tensor, num_keep: int, kappa: float,
+                              tau: float, sizes: Optional[Tensor],
+                              orphans: str) -> Tuple[Tensor, Tensor]:
+    """:func:`mixed_scores` selection and ``tau * cos`` to the chosen queries, ``[B, N, M]``,
+    from one ``[B, N, N]`` cosine similarity."""
+    _checked_queries(x, informative, num_keep, kappa, tau, sizes, orphans)   # argument checks
+    unit = F.normalize(x.to(_work_dtype(x)), dim=-1)
+    cos = _float_matmul(unit, unit.transpose(1, 2))
+    if cos.requires_grad or torch.jit.is_tracing():   # (an exporter loses writes to a view)
+        ids = torch.arange(cos.shape[-1], device=cos.device)
+        distinct = -cos.masked_fill(ids[:, None] == ids, -2.0).amax(dim=-1)
+    else:   # in place: a token is not its own neighbour; then its diagonal is put back
+        diagonal = cos.diagonal(dim1=1, dim2=2)
+        self_cos = diagonal.clone()
+        diagonal.fill_(-2.0)
+        distinct = -cos.amax(dim=-1)
+        diagonal.copy_(self_cos)
+    keep = _rank_sum(informative, distinct).topk(num_keep, dim=1).indices
+    logits = cos.gather(2, keep[:, None, :].expand(-1, cos.shape[1], -1))
+    logits = logits.mul_(tau) if not logits.requires_grad else logits * tau
+    return x.gather(1, keep[..., None].expand(-1, -1, x.shape[-1])), logits
 
 
 def prune_matrix(scores: Tensor, num_keep: int, sizes: Optional[Tensor] = None) -> TokenMatrix:
@@ -273,36 +337,70 @@ def evit_matrix(cls_scores: Tensor, num_keep: int, sizes: Optional[Tensor] = Non
     return block
 
 
-def tome_matrix(metric: Tensor, num_keep: int, sizes: Optional[Tensor] = None) -> TokenMatrix:
-    """ToMe bipartite soft matching: tokens alternate between sets A and B; the ``N - num_keep``
-    A tokens with the most similar B partner (cosine of ``metric``) are averaged into it,
-    weighted by size.
+def tome_matrix(metric: Tensor, num_keep: int, sizes: Optional[Tensor] = None, *,
+                num_prefix: int = 0) -> TokenMatrix:
+    """ToMe's bipartite soft matching, as facebookresearch/ToMe's ``bipartite_soft_matching``
+    and ``merge_wavg`` run it: tokens alternate between sets A and B; each A token finds its
+    most similar B token (cosine of ``metric``), and the ``r = N - num_keep`` A tokens with
+    the highest such similarity are averaged into it, weighted by size.
 
-    Row order: the unmerged A tokens, then all B tokens.
+    Which tokens are in A follows ToMe's code, which alternates over the whole sequence,
+    prefix tokens included, starting with A: a token is in A when its position in the full
+    sequence, ``num_prefix + j``, is even. The prefix tokens take no part: ToMe gives a class
+    token (position 0, in A) the score -inf, so it is never merged, and a distillation token
+    (position 1, in B) the score -inf as a destination, so nothing is merged into it. This
+    parity rule is the one generalisation to P prefix tokens that reduces to ToMe's code for
+    P = 0 (A = even tokens), P = 1 (class token: A = odd tokens) and P = 2 (class and
+    distillation tokens: A = even tokens again): alternating over the non-prefix tokens alone
+    agrees for P = 0 and 2 but not for P = 1, the common case. So ``method='tome'`` gives
+    ToMe's outputs on its models (``tests/test_tome_reference.py``); P > 2 (register tokens),
+    which ToMe's code has no case for, follows the same rule.
+
+    Row order is ToMe's output order: the unmerged A tokens, then all B tokens in their
+    original order. With a prefix (P > 0) the unmerged A tokens are in their original order
+    (ToMe sorts them to bring the class token first); without one (P = 0) ToMe does not sort,
+    and they are in decreasing order of their best similarity.
+
+    At most ``N // 2`` tokens are merged, ToMe's limit (``r = min(r, (t - protected) // 2)``).
+
+    Args:
+        metric: ``[B, N, C]`` features compared (ToMe: head-averaged keys), prefix tokens
+            excluded.
+        num_keep: tokens kept, in ``[N - N // 2, N]``; ``N`` returns the identity, as ToMe
+            does for ``r = 0``.
+        sizes: ``[B, N]`` or None.
+        num_prefix: P, the prefix tokens that precede these N tokens in the sequence.
+
+    Returns:
+        A ``scatter`` :class:`TokenMatrix` with ``num_keep`` rows.
     """
     check_tensor('metric', metric, 3)
     _check_sizes(sizes, metric)
-    batch, n, _ = metric.shape
-    num_a, num_b = (n + 1) // 2, n // 2
+    if not is_int(num_prefix) or num_prefix < 0:
+        raise ValueError(f'num_prefix={num_prefix!r} must be an int >= 0 (prefix tokens before '
+                         'the metric\'s tokens)')
+    n = metric.shape[1]
+    check_num_keep(num_keep, n, minimum=n - n // 2)
     r = n - num_keep
-    check_num_keep(num_keep, n, minimum=max(1, n - num_a))
     work = _work_dtype(metric)
-    if num_b == 0:   # a single token: nothing to merge it with, W is the identity
-        dest = torch.zeros(batch, n, dtype=torch.long, device=metric.device)
-        mass = torch.ones(batch, n, dtype=work, device=metric.device) if sizes is None else sizes.to(work)
-        return _block_matrix(dest, num_keep, mass)
+    mass = torch.ones_like(metric[..., 0], dtype=work) if sizes is None else sizes.to(work)
+    positions = torch.arange(n, device=metric.device)
+    if r == 0:   # ToMe's do_nothing: W is the identity
+        return _block_matrix(positions.expand_as(mass), n, mass)
+    first_a = num_prefix % 2        # A holds the tokens at even positions of the full sequence
     unit = F.normalize(metric.to(work), dim=-1)
-    sim = unit[:, 0::2] @ unit[:, 1::2].transpose(1, 2)          # [B, num_a, num_b]
-    best, partner = sim.max(dim=-1)
-    rank = torch.empty_like(partner).scatter_(
-        1, best.argsort(dim=-1, descending=True), torch.arange(num_a, device=metric.device).expand(batch, -1))
+    a, b = unit[:, first_a::2], unit[:, 1 - first_a::2]
+    num_a, num_b = a.shape[1], b.shape[1]
+    best, partner = (a @ b.transpose(1, 2)).max(dim=-1)          # [B, num_a]
+    order = best.argsort(dim=-1, descending=True)                # ToMe's edge order
+    rank = torch.empty_like(order).scatter_(1, order, positions[:num_a].expand_as(order))
     merged = rank < r
-    # Unmerged A tokens keep their original order in rows 0 .. num_a - r - 1, as in ToMe;
-    # a merged one goes to its partner's row among the B rows that follow.
-    unmerged_row = (~merged).cumsum(dim=1) - 1
+    # Rows 0 .. num_a - r - 1 hold the unmerged A tokens, rows num_a - r + k the B token k.
+    unmerged_row = (~merged).long().cumsum(dim=1) - 1 if num_prefix else rank - r
     row_of_a = torch.where(merged, num_a - r + partner, unmerged_row)
-    row_of_b = (num_a - r + torch.arange(num_b, device=metric.device)).expand(batch, -1)
-    dest = torch.empty(batch, n, dtype=torch.long, device=metric.device)
-    dest[:, 0::2], dest[:, 1::2] = row_of_a, row_of_b
-    mass = torch.ones(batch, n, dtype=work, device=metric.device) if sizes is None else sizes.to(work)
+    row_of_b = num_a - r + positions[:num_b].expand_as(b[..., 0])
+    # Interleave back to token order: token j is the (j // 2)-th of its set.
+    in_b = (positions + first_a) % 2
+    dest = torch.cat([row_of_a, row_of_b], dim=1).gather(
+        1, (positions // 2 + in_b * num_a).expand_as(mass))
     return _block_matrix(dest, num_keep, mass)

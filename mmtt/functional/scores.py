@@ -12,6 +12,19 @@ from ._checks import check_score_stride, check_tensor
 _CHUNK_ELEMENTS = 1 << 20
 
 
+def _block_rows(batch, heads: int, n: int, num_rows: int) -> int:
+    """Query rows per block of about ``_CHUNK_ELEMENTS`` logits.
+
+    Tensors are sized from ``q.shape`` itself, so the batch stays dynamic in a trace (ONNX
+    export), which fixes only this blocking; any blocking gives the same output. Under
+    ``torch.export`` a dynamic batch is a ``SymInt`` that ``int()`` would specialise: the
+    rows then form one block.
+    """
+    if isinstance(batch, torch.SymInt):
+        return max(1, num_rows)
+    return max(1, _CHUNK_ELEMENTS // max(1, int(batch) * heads * n))
+
+
 def informative_scores(attn: Tensor) -> Tensor:
     """Eq. 2: ``H_j = sum_i A_ij``, averaged over heads.
 
@@ -68,12 +81,12 @@ def attention_with_scores(q: Tensor, k: Tensor, v: Tensor, attn_bias: Optional[T
     if score_stride > 1:
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias)
         return (out, *sampled_attention_scores(q, k, attn_bias, score_stride, chunk_rows))
-    batch, heads, n, d = (int(v) for v in q.shape)
-    rows = chunk_rows or max(1, _CHUNK_ELEMENTS // max(1, batch * heads * n))
+    heads, n, d = (int(v) for v in q.shape[1:])
+    rows = chunk_rows or _block_rows(q.shape[0], heads, n, n)
     work = torch.promote_types(q.dtype, torch.float32)
     q_scaled, k_t = q * d ** -0.5, k.transpose(-2, -1)
     outs = []
-    col_sums = q.new_zeros(batch, heads, 1, n, dtype=work)
+    col_sums = q.new_zeros(q.shape[0], heads, 1, n, dtype=work)
     for start in range(0, n, rows):
         logits = (q_scaled[:, :, start:start + rows] @ k_t).to(work)
         if attn_bias is not None:
@@ -111,13 +124,13 @@ def sampled_attention_scores(q: Tensor, k: Tensor, attn_bias: Optional[Tensor] =
     check_tensor('q', q, 4)
     check_tensor('k', k, 4, q.shape)
     check_score_stride(stride)
-    batch, heads, n, d = (int(v) for v in q.shape)
+    heads, n, d = (int(v) for v in q.shape[1:])
     work = torch.promote_types(q.dtype, torch.float32)
     q_rows = q[:, :, ::stride] * d ** -0.5
     num_rows = q_rows.shape[2]
-    block = chunk_rows or max(1, _CHUNK_ELEMENTS // max(1, batch * heads * n))
+    block = chunk_rows or _block_rows(q.shape[0], heads, n, num_rows)
     k_t = k.transpose(-2, -1)
-    col_sums = q.new_zeros(batch, heads, n, dtype=work)
+    col_sums = q.new_zeros(q.shape[0], heads, n, dtype=work)   # batch dynamic under a trace
     for start in range(0, num_rows, block):
         logits = (q_rows[:, :, start:start + block] @ k_t).to(work)
         if attn_bias is not None:
@@ -153,7 +166,12 @@ def distinctness_scores(x: Tensor) -> Tensor:
     """
     check_tensor('x', x, 3)
     unit = F.normalize(x.to(torch.promote_types(x.dtype, torch.float32)), dim=-1)
-    sim = unit @ unit.transpose(1, 2)
+    with torch.autocast(x.device.type, enabled=False):   # the ranking is read in float32
+        sim = unit @ unit.transpose(1, 2)
+    if torch.jit.is_tracing():   # ONNX's TorchScript exporter loses in-place writes to a view
+        ids = torch.arange(sim.shape[-1], device=sim.device)
+        self_pairs = ids[:, None] == ids
+        return -sim.masked_fill(self_pairs, -2.0).amax(dim=-1)
     sim.diagonal(dim1=1, dim2=2).fill_(-2.0)   # a token is not its own neighbour
     return -sim.amax(dim=-1)
 
@@ -166,5 +184,11 @@ def mixed_scores(informative: Tensor, x: Tensor) -> Tensor:
     rows of W then cover the same tokens (see the README's ablation).
     """
     check_tensor('informative', informative, 2, x.shape[:2])
-    rank = lambda s: s.argsort(dim=1).argsort(dim=1)   # noqa: E731  (0 = lowest)
-    return (rank(informative) + rank(distinctness_scores(x))).to(informative.dtype)
+    return rank_sum(informative, distinctness_scores(x))
+
+
+def rank_sum(informative: Tensor, distinct: Tensor) -> Tensor:
+    """``rank(informative) + rank(distinct)`` along dim 1 (0 = lowest), in ``informative``'s
+    dtype: the score :func:`mixed_scores` ranks tokens by."""
+    rank = lambda s: s.argsort(dim=1).argsort(dim=1)   # noqa: E731
+    return (rank(informative) + rank(distinct)).to(informative.dtype)

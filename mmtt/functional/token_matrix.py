@@ -58,6 +58,15 @@ class TokenMatrix:
             batch = x.shape[0]
             index = self.index if self.index.dim() == 3 else self.index[:, None]
             weight = self.weight.to(x.dtype).view_as(index)
+            if torch.jit.is_tracing():
+                # ONNX's TorchScript exporter turns index_add_ into a ScatterND that drops
+                # duplicate indices (many columns per row is the point of merging);
+                # scatter_add exports as ScatterElements with reduction='add' (opset >= 16).
+                out = x.new_zeros(batch, self.num_out, channels)
+                for k in range(index.shape[1]):
+                    out = out.scatter_add(1, index[:, k, :, None].expand(-1, -1, channels),
+                                          weight[:, k, :, None] * x)
+                return out
             # One index_add_ per non-zero of a column over the flattened batch: on CPU this is
             # faster than scatter_add_ with an expanded index, and never forms a [B, k, N, C].
             out = x.new_zeros(batch * self.num_out, channels)

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from ._checks import check_choice, check_kappa, check_tau, check_tensor
-from .builders import ORPHAN_RULES, SIMILARITIES, _matrix_from_queries
+from .builders import ORPHAN_RULES, SIMILARITIES, matrix_from_queries
 
 # The host's logit for pairs split by the cyclic shift (mmdet's ShiftWindowMSA uses -100).
 SHIFT_MASK_VALUE = -100.0
@@ -129,7 +129,7 @@ def grid_transform(x: Tensor, queries: Tensor, kappa: float, tau: float,
     check_choice('similarity', similarity_kind, SIMILARITIES)
     check_choice('orphans', orphans, ORPHAN_RULES)
     picked = x.gather(1, queries[..., None].expand(-1, -1, x.shape[-1]))
-    return _matrix_from_queries(x, picked, kappa, tau, sizes, similarity_kind, orphans)
+    return matrix_from_queries(x, picked, kappa, tau, sizes, similarity_kind, orphans)
 
 
 def anchored_relative_bias(table: Tensor, anchors: Tensor, window: int) -> Tensor:

@@ -1,9 +1,20 @@
-"""Task models built on mmtt's backbones, registered in their host library's registries.
+"""Backbones and task models built on mmtt, registered in their host library's registries.
 
-``mmtt.models.dpt``: DPT-Hybrid monocular depth (mmseg; its ResNet comes from timm), imported
-when both are installed.
+Imported by ``import mmtt`` for each host that is installed in a supported version:
+``backbones.vit`` (mmseg), ``backbones.swin`` (mmdet), ``backbones.mmpretrain_vit`` and
+``backbones.mmpretrain_t2t`` (mmpretrain), ``dpt`` (DPT-Hybrid monocular depth, mmseg
+with timm's ResNet). A host outside its supported range is skipped here, and importing its
+module directly raises an ``ImportError`` naming the versions.
 """
-from importlib.util import find_spec
+from ..compat import host_supported
 
-if find_spec('mmseg') is not None and find_spec('timm') is not None:
-    from . import dpt  # noqa: F401
+# First: mmseg and mmdet import mmpretrain.models themselves (mmdet's ReID models), and
+# backbones.mmpretrain_vit imports it so that transformers >= 5 does not break that import.
+if host_supported('mmpretrain'):
+    from .backbones import mmpretrain_t2t, mmpretrain_vit  # noqa: F401
+if host_supported('mmseg'):
+    from .backbones import vit  # noqa: F401
+    if host_supported('timm'):
+        from . import dpt  # noqa: F401
+if host_supported('mmdet'):
+    from .backbones import swin  # noqa: F401

@@ -1,17 +1,27 @@
 """The registry-facing token-reduction module: one config dict picks the method."""
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 from mmengine.registry import MODELS
 from torch import Tensor, nn
 
-from ..functional import (ORPHAN_RULES, SIMILARITIES, TokenMatrix, evit_matrix, mixed_scores,
-                          prune_matrix, tome_matrix, transform_token_matrix, uniform_scores)
-from ..functional._checks import (check_choice, check_floating, check_kappa, check_keep_ratio,
-                                  check_positive_sizes, check_score_stride, check_tau,
-                                  check_tensor, check_top_k, is_int)
+from ..functional import ORPHAN_RULES, SIMILARITIES, TokenMatrix, mixed_scores, uniform_scores
+from ..functional._checks import (
+    check_choice,
+    check_floating,
+    check_kappa,
+    check_keep_ratio,
+    check_positive_sizes,
+    check_score_stride,
+    check_tau,
+    check_tensor,
+    check_top_k,
+    is_int,
+    is_real,
+)
+from ..functional.peers import check_grid_size
+from .methods import METHODS, OPTION_OWNERS, BuildInput, MethodSpec, method_spec
 
-METHODS = ('transform', 'prune', 'evit', 'tome')
 SELECTIONS = ('informative', 'cls', 'uniform', 'mixed')
 
 
@@ -34,16 +44,27 @@ class TokenTransform(nn.Module):
     """Reduces tokens to ``keep_ratio`` of their number; it has no parameters.
 
     Placed between a block's attention and its MLP (Fig. 3). Prefix tokens (class,
-    distillation, register) are passed through and never reduced.
+    distillation, register) are passed through and never reduced. Each method's facts (its
+    builder, the scores it needs, its keep floor, its options) are its entry in
+    :data:`mmtt.modules.methods.METHOD_SPECS`.
 
     Args:
         keep_ratio: fraction of the non-prefix tokens kept, in (0, 1]; 1 is an exact no-op.
         method: ``'transform'`` (Token Transforming, many-to-many), ``'prune'``, ``'evit'``
-            (keep the most class-attended, fuse the rest into one token) or ``'tome'``
-            (bipartite soft matching; needs ``keep_ratio >= 0.5``).
+            (keep the most class-attended, fuse the rest into one token), ``'tome'``
+            (bipartite soft matching as ToMe's code runs it, A/B split and output order
+            included, see :func:`mmtt.functional.tome_matrix`; needs ``keep_ratio >= 0.5``),
+            ``'tps'`` (keep the top tokens by ``selection``, squeeze the others into their
+            most similar kept token, :func:`mmtt.functional.tps_matrix`), ``'pitome'``
+            (energy-protected bipartite merging, :func:`mmtt.functional.pitome_matrix`;
+            needs ``keep_ratio >= 0.5``) or ``'hourglass'`` (soft k-means clustering of the
+            token grid to ``sqrt(keep_ratio)`` of each side,
+            :func:`mmtt.functional.hourglass_matrix`; needs ``grid_size`` in :meth:`forward`:
+            the patch grid, or the centre grid of an earlier Hourglass reduction, so it cannot
+            follow another method's reduction).
         kappa: similarity gate of eq. 3. The paper's ablation (Table 6) peaks at 0.5-0.6.
         tau: softmax temperature of eq. 5. Table 6: best at 150, flat from 100 to 250.
-        selection: how informative tokens (transform) or kept tokens (prune) are chosen:
+        selection: how informative tokens (transform) or kept tokens (prune, tps) are chosen:
             ``'informative'`` (eq. 2, column sums of the attention map), ``'cls'`` (class-token
             attention), ``'uniform'`` (evenly spaced): Table 8; or ``'mixed'``, an option beyond
             the paper: rank of eq. 2 plus rank of distinctness (:func:`mmtt.functional.mixed_scores`).
@@ -58,12 +79,19 @@ class TokenTransform(nn.Module):
             the attention map. s > 1, an option beyond the paper: the host keeps its fused
             attention kernel and the column sums come from every s-th query row
             (:func:`mmtt.functional.sampled_attention_scores`), 1 / s of the work.
+        margin: PiToMe's energy margin in [-1, 1], only with ``method='pitome'``. None: the
+            authors' DeiT schedule ``0.75 - 0.75 l / L`` where the host gives the block
+            position (:meth:`for_layer`; timm and mmseg do), else their function default 0.5.
+        protect: PiToMe only: True protects the lowest-energy tokens (PiToMe proper), False
+            matches all tokens in energy order. None: the authors' DeiT schedule (False in the
+            first ``ceil(L / 2)`` blocks) where the host gives the block position, else True.
     """
 
     def __init__(self, keep_ratio: float = 0.7, method: str = 'transform', kappa: float = 0.55,
                  tau: float = 150.0, selection: str = 'informative', similarity: str = 'cosine',
                  orphans: str = 'spread', top_k: Optional[int] = None,
-                 score_stride: int = 1) -> None:
+                 score_stride: int = 1, margin: Optional[float] = None,
+                 protect: Optional[bool] = None) -> None:
         super().__init__()
         check_keep_ratio(keep_ratio)   # numpy floats too: np.float32(0.7) is a valid ratio
         check_choice('method', method, METHODS)
@@ -75,12 +103,22 @@ class TokenTransform(nn.Module):
         check_score_stride(score_stride)
         if top_k is not None:
             check_top_k(top_k)
-            if method != 'transform':
-                raise ValueError(f"top_k={top_k} applies only to method='transform', got "
+        if margin is not None and (not is_real(margin) or not -1.0 <= float(margin) <= 1.0):
+            raise ValueError(f'margin={margin!r} must be None or a number in [-1, 1] (PiToMe '
+                             'shifts cosine similarities by it)')
+        if protect is not None and not isinstance(protect, bool):
+            raise ValueError(f'protect={protect!r} must be None, True or False')
+        options = dict(top_k=top_k, margin=margin, protect=protect)
+        for key, owners in OPTION_OWNERS.items():
+            if options.get(key) is not None and method not in owners:
+                names = ' or '.join(f'method={m!r}' for m in owners)
+                raise ValueError(f'{key}={options[key]} applies only to {names}, got '
                                  f'method={method!r}')
-        if method == 'tome' and keep_ratio < 0.5:
-            raise ValueError(f"keep_ratio={keep_ratio} is below 0.5, which method='tome' cannot "
-                             'reach in one step (bipartite matching merges at most half)')
+        spec = method_spec(method)
+        if keep_ratio < spec.min_keep_ratio:
+            raise ValueError(f'keep_ratio={keep_ratio} is below {spec.min_keep_ratio}, which '
+                             f'method={method!r} cannot reach in one step (bipartite matching '
+                             'merges at most half)')
         self.keep_ratio = float(keep_ratio)
         self.method = method
         self.kappa = float(kappa)
@@ -90,27 +128,62 @@ class TokenTransform(nn.Module):
         self.orphans = orphans
         self.top_k = top_k
         self.score_stride = score_stride
+        self.margin = None if margin is None else float(margin)
+        self.protect = protect
+
+    @property
+    def spec(self) -> MethodSpec:
+        """This method's :class:`~mmtt.modules.methods.MethodSpec`."""
+        return method_spec(self.method)
 
     @property
     def score_kind(self) -> Optional[str]:
         """Which attention scores :meth:`forward` needs from the host: ``'informative'``,
         ``'cls'`` or None. Hosts compute only what is asked for."""
-        if self.method == 'evit':
-            return 'cls'
-        if self.method == 'tome' or self.selection == 'uniform':
+        kind = self.spec.scores
+        if kind != 'selection':
+            return kind
+        if self.selection == 'uniform':
             return None
         return 'informative' if self.selection == 'mixed' else self.selection
 
     def num_keep(self, num_tokens: int) -> int:
-        """Tokens kept out of ``num_tokens`` reducible ones."""
+        """Tokens kept out of ``num_tokens`` reducible ones (Hourglass keeps its cluster grid,
+        which is this count when the grid is square; see :func:`mmtt.functional.cluster_grid`)."""
         num_tokens = int(num_tokens)  # a 0-dim tensor under jit tracing (FLOP counting)
-        # ToMe merges at most half, and a single token has no partner to merge with.
-        floor = 2 if self.method == 'evit' else max(1, num_tokens // 2) if self.method == 'tome' else 1
+        floor = self.spec.keep_floor(num_tokens)
         return min(num_tokens, max(floor, round(self.keep_ratio * num_tokens)))
+
+    def for_layer(self, index: int, depth: int) -> 'TokenTransform':
+        """This transform as block ``index`` (0-based) of a ``depth``-block model uses it: a
+        copy with the method's per-block schedule (PiToMe's margin and protection) filled in
+        for the options left None, or ``self`` for a method without one. Hosts call it once,
+        when they are built."""
+        schedule = self.spec.layer_options
+        if schedule is None:
+            return self
+        settings = dict(self._settings())
+        for key, value in schedule(index, depth).items():
+            if settings[key] is None:
+                settings[key] = value
+        return TokenTransform(**settings)
+
+    def reduced_grid(self, grid_size: Optional[Tuple[int, int]]) -> Optional[Tuple[int, int]]:
+        """The grid the reduced tokens form when the input tokens form ``grid_size`` (None: no
+        grid): the centre grid for a clustering method, None for the others."""
+        make = self.spec.output_grid
+        return None if grid_size is None or make is None else tuple(make(self, grid_size))
+
+    def _settings(self) -> dict:
+        return dict(keep_ratio=self.keep_ratio, method=self.method, kappa=self.kappa,
+                    tau=self.tau, selection=self.selection, similarity=self.similarity,
+                    orphans=self.orphans, top_k=self.top_k, score_stride=self.score_stride,
+                    margin=self.margin, protect=self.protect)
 
     def forward(self, x: Tensor, sizes: Optional[Tensor] = None, *, num_prefix: int = 0,
                 scores: Optional[Tensor] = None, metric: Optional[Tensor] = None,
-                validate_sizes: bool = True) -> Reduction:
+                validate_sizes: bool = True,
+                grid_size: Optional[Tuple[int, int]] = None) -> Reduction:
         """Reduce ``x``.
 
         Args:
@@ -122,10 +195,15 @@ class TokenTransform(nn.Module):
             validate_sizes: check that ``sizes`` are finite and > 0. That reads their values (a
                 sync on a GPU), so hosts passing the sizes of their own earlier reduction, valid
                 by construction, turn it off.
+            grid_size: ``(h, w)``, the non-prefix tokens' patch grid (row-major) while they
+                still form it, or None. Needed by the methods that cluster in space
+                (``'hourglass'``); the others ignore it.
         """
         check_tensor('x', x, 3)
         check_floating('x', x)
-        batch, n = int(x.shape[0]), int(x.shape[1])
+        # The batch stays x.shape[0], not a Python int: a trace (ONNX export) records it as
+        # dynamic. The token count is a Python int: it fixes the reduction's shapes.
+        batch, n = x.shape[0], int(x.shape[1])
         if sizes is not None:
             check_tensor('sizes', sizes, 2, (batch, n))
             if validate_sizes:
@@ -134,9 +212,17 @@ class TokenTransform(nn.Module):
             raise ValueError(f'num_prefix={num_prefix!r} must be an int (leading tokens never reduced)')
         if not 0 <= num_prefix < n:
             raise ValueError(f'num_prefix={num_prefix} must be in [0, {n}) for {n} tokens')
+        spec = self.spec
         num_keep = self.num_keep(n - num_prefix)
         if num_keep == n - num_prefix:
             return Reduction(x, sizes, None)
+        if spec.needs_grid:
+            if grid_size is None:
+                raise ValueError(f'grid_size=None: method={self.method!r} clusters the token grid, '
+                                 'so it needs grid_size=(h, w): the host gives none, or an earlier '
+                                 "reduction left no grid (only the patch grid or an earlier "
+                                 "hourglass' centre grid will do)")
+            grid_size = check_grid_size(grid_size, n - num_prefix)
         kind = self.score_kind
         if kind is not None:
             if scores is None:
@@ -151,28 +237,24 @@ class TokenTransform(nn.Module):
         check_tensor('metric', metric, 3, (batch, n, None))
         tokens, feats = x[:, num_prefix:], metric[:, num_prefix:]
         token_sizes = None if sizes is None else sizes[:, num_prefix:]
-        if self.selection == 'uniform' and self.method in ('transform', 'prune'):
-            scores = uniform_scores(batch, n - num_prefix, num_keep, device=x.device)
-        elif self.selection == 'mixed' and self.method in ('transform', 'prune'):
-            scores = mixed_scores(scores, feats)
-
-        if self.method == 'transform':
-            matrix = transform_token_matrix(feats, scores, num_keep, self.kappa, self.tau,
-                                            token_sizes, similarity_kind=self.similarity,
-                                            orphans=self.orphans, top_k=self.top_k)
-        elif self.method == 'prune':
-            matrix = prune_matrix(scores, num_keep, token_sizes)
-        elif self.method == 'evit':
-            matrix = evit_matrix(scores, num_keep, token_sizes)
-        else:
-            matrix = tome_matrix(feats, num_keep, token_sizes)
-
+        if spec.scores == 'selection':
+            if self.selection == 'uniform':
+                scores = uniform_scores(batch, n - num_prefix, num_keep, device=x.device)
+            elif self.selection == 'mixed' and not spec.mixes_scores:
+                scores = mixed_scores(scores, feats)
+        matrix = spec.build(self, BuildInput(feats, scores, num_keep, token_sizes, num_prefix,
+                                             grid_size))
         reduced = matrix.apply(tokens)
         prefix_sizes = matrix.sizes.new_ones(batch, num_prefix)
         return Reduction(torch.cat([x[:, :num_prefix], reduced], dim=1),
                          torch.cat([prefix_sizes, matrix.sizes], dim=1), matrix)
 
     def extra_repr(self) -> str:
-        return (f'keep_ratio={self.keep_ratio}, method={self.method!r}, kappa={self.kappa}, '
+        text = (f'keep_ratio={self.keep_ratio}, method={self.method!r}, kappa={self.kappa}, '
                 f'tau={self.tau}, selection={self.selection!r}, similarity={self.similarity!r}, '
                 f'orphans={self.orphans!r}, top_k={self.top_k}, score_stride={self.score_stride}')
+        # The options only some methods read, where this method reads them (top_k is above).
+        for key in self.spec.options:
+            if key != 'top_k':
+                text += f', {key}={getattr(self, key)!r}'
+        return text

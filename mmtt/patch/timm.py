@@ -4,104 +4,207 @@ The patch swaps classes in place (``module.__class__``) and adds parameter-free 
 so the state dict keeps its keys and :func:`remove_patch` restores the model exactly.
 Blocks without a reduction run timm's own code with ``log s`` as SDPA's ``attn_mask``, so
 the fused attention kernel stays in use.
-"""
-from typing import Dict, Optional, Sequence, Union
 
-import torch.nn.functional as F
+The patched model runs its blocks itself (``forward_features`` and ``forward_intermediates``
+restate timm's block loop) because each block takes and returns the forward's
+:class:`~mmtt.modules.host.TokenState`: nothing about a forward is stored on the model, so
+threads may share it and checkpointed blocks recompute exactly.
+"""
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+from ..compat import check_versions
+
+check_versions('timm')
+
+import torch
+import torch.utils.checkpoint as cp
 from timm.layers import Attention
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import Tensor
 
-from ..functional import attention_with_scores, size_bias
-from ..functional._checks import check_kwargs, check_layers
-from ..modules import TokenRecovery, TokenTransform
-from ._state import TokenState
+from ..functional import size_bias
+from ..functional._checks import check_kwargs
+from ..modules import TokenRecovery, TokenTransform, default_metric
+from ..modules.host import (
+    BlockSettings,
+    Capture,
+    TokenState,
+    attend,
+    check_reduce_layers,
+    reduce_tokens,
+    reduces,
+    weighted_mean,
+)
 
 # The paper's schedules (Table 1), as 0-based block indices after whose attention tokens are
 # reduced. "/0.7" keeps 70% of the tokens at each reduction.
 PRESETS: Dict[str, dict] = {
-    'deit-s/0.7': dict(keep_ratio=0.7, layers=(3, 6, 9)),
-    'deit-s/0.6': dict(keep_ratio=0.6, layers=(3, 6, 9)),
-    'vit-s/0.7': dict(keep_ratio=0.7, layers=(3, 6, 9)),
-    'vit-s/0.5': dict(keep_ratio=0.5, layers=(3, 6, 9)),
+    'deit-s/0.7': dict(keep_ratio=0.7, reduce_layers=(3, 6, 9)),
+    'deit-s/0.6': dict(keep_ratio=0.6, reduce_layers=(3, 6, 9)),
+    'vit-s/0.7': dict(keep_ratio=0.7, reduce_layers=(3, 6, 9)),
+    'vit-s/0.5': dict(keep_ratio=0.5, reduce_layers=(3, 6, 9)),
 }
 
 
 class TokenAttention(Attention):
-    """timm ``Attention`` that can also return the scores a reduction needs.
+    """timm ``Attention`` that can also return what a reduction needs.
 
-    Only a block that reduces tokens uses the capture path. It restates timm's forward
-    (projections, norms and gate in the same order) around
-    :func:`mmtt.functional.attention_with_scores`, which computes the attention in row blocks
-    and keeps the column sums instead of the ``[B, heads, N, N]`` map.
+    ``forward(x, attn_mask, is_causal)`` is timm's. With ``capture`` (a
+    :class:`~mmtt.modules.host.Capture`) it restates timm's forward (projections, norms and
+    gate in the same order) around :func:`mmtt.modules.host.attend` and returns
+    ``(out, Captured)``.
     """
-    _mmtt_capture: Optional[str] = None   # None, 'informative' or 'cls'
-    _mmtt_keys: bool = False
-    _mmtt_score_stride: int = 1           # TokenTransform.score_stride of its block
 
-    def forward(self, x: Tensor, attn_mask: Optional[Tensor] = None, is_causal: bool = False):
-        if self._mmtt_capture is None and not self._mmtt_keys:
+    def forward(self, x: Tensor, attn_mask: Optional[Tensor] = None, is_causal: bool = False,
+                capture: Optional[Capture] = None):
+        if capture is None:
             return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
         b, n, _ = x.shape
         gate = self.gate(x).sigmoid() if self.gate is not None else None
         q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k = self.q_norm(q), self.k_norm(k)
-        if self._mmtt_capture is None:   # keys only (ToMe): the fused kernel still applies
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-            self.captured = {'keys': k.mean(dim=1)}
-        else:
-            out, informative, cls = attention_with_scores(q, k, v, attn_mask,
-                                                          score_stride=self._mmtt_score_stride)
-            self.captured = {'informative': informative, 'cls': cls, 'keys': k.mean(dim=1)}
+        out, captured = attend(q, k, v, attn_mask, capture,
+                               dropout_p=self.attn_drop.p if self.training else 0.0)
         out = self.norm(out.transpose(1, 2).reshape(b, n, self.attn_dim))
         if gate is not None:
             out = out * gate
-        return self.proj_drop(self.proj(out))
+        return self.proj_drop(self.proj(out)), captured
 
 
 class TokenBlock(Block):
-    """timm ``Block`` that applies the size bias, and reduces tokens where it has a transform."""
-    mmtt_transform: Optional[TokenTransform]
-    _mmtt_state: TokenState
-    _mmtt_metric: str
+    """timm ``Block`` that takes and returns the forward's :class:`TokenState`, applies the
+    size bias, and reduces tokens between attention and MLP where it has a transform (Fig. 3)."""
+    token_transform: Optional[TokenTransform]
+    _mmtt: BlockSettings
 
-    def forward(self, x: Tensor, attn_mask: Optional[Tensor] = None, is_causal: bool = False):
-        state = self._mmtt_state
+    def forward(self, x: Tensor, state: TokenState, attn_mask: Optional[Tensor] = None,
+                is_causal: bool = False) -> Tuple[Tensor, TokenState]:
         bias = size_bias(state.sizes, x.dtype)
         if bias is not None:
             attn_mask = bias if attn_mask is None else attn_mask + bias
-        transform = self.mmtt_transform
-        n = x.shape[1] - state.num_prefix
-        if transform is None or transform.num_keep(n) == n:
-            return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
-        # timm's Block.forward, with the reduction between attention and MLP (Fig. 3).
-        self.attn._mmtt_capture = transform.score_kind
-        self.attn._mmtt_keys = self._mmtt_metric == 'keys'
-        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), attn_mask=attn_mask, is_causal=is_causal)))
-        captured = self.attn.__dict__.pop('captured', {})
-        scores = captured[transform.score_kind] if transform.score_kind else None
-        metric = captured['keys'] if self._mmtt_metric == 'keys' else None
-        x = state.reduce(x, transform, scores=scores, metric=metric)
-        return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+        transform, settings = self.token_transform, self._mmtt
+        if not reduces(transform, x.shape[1] - settings.num_prefix):
+            return super().forward(x, attn_mask=attn_mask, is_causal=is_causal), state
+        # timm's Block.forward, with the reduction between attention and MLP.
+        attended, captured = self.attn(self.norm1(x), attn_mask=attn_mask, is_causal=is_causal,
+                                       capture=Capture.of(transform, keys=settings.keys))
+        x = x + self.drop_path1(self.ls1(attended))
+        x, state = reduce_tokens(x, state, transform, settings.recovery, settings.num_prefix,
+                                 captured)
+        return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x)))), state
 
 
 class TokenModelMixin:
     """Mixed into the model's own class (``VisionTransformer`` or a subclass such as DeiT's
-    distilled model): resets token state per forward and can recover tokens."""
-    _mmtt_state: TokenState
+    distilled model): runs the blocks with explicit token state, recovers tokens if asked, and
+    weights average pooling by token size."""
+    token_recovery: Optional[TokenRecovery]
+    _mmtt_base: type
     _mmtt_recover: bool
 
-    def forward_features(self, x: Tensor, attn_mask: Optional[Tensor] = None, is_causal: bool = False):
-        self._mmtt_state.reset()
-        x = super().forward_features(x, attn_mask=attn_mask, is_causal=is_causal)
-        return self._mmtt_state.recover(x) if self._mmtt_recover else x
+    def _run_blocks(self, x: Tensor, attn_mask: Optional[Tensor], is_causal: bool,
+                    num_blocks: Optional[int] = None, grid: Optional[Tuple[int, int]] = None):
+        """Yield ``(x, state)`` after each block (timm's loop, state handed on explicitly);
+        ``grid`` is the patch grid of the embedded tokens (for methods that cluster in space)."""
+        if grid is not None and x.shape[1] - self.num_prefix_tokens != grid[0] * grid[1]:
+            grid = None   # patch dropout removed tokens: they form no grid
+        state = TokenState(grid=grid)
+        # A tracing exporter hands the default is_causal=False in as a tensor; SDPA needs a bool.
+        is_causal = bool(is_causal)
+        checkpoint = self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting()
+        for block in list(self.blocks)[:num_blocks]:
+            if checkpoint:   # non-reentrant: the state tuple goes in and comes out
+                x, state = cp.checkpoint(block, x, state, attn_mask, is_causal, use_reentrant=False)
+            else:
+                x, state = block(x, state, attn_mask, is_causal)
+            yield x, state
 
-    def pool(self, x: Tensor, pool_type: Optional[str] = None) -> Tensor:
-        pool_type = self.global_pool if pool_type is None else pool_type
-        if pool_type == 'avg' and self.attn_pool is None and not self._mmtt_recover:
-            # Reduced tokens stand for different numbers of patches: weight the mean by size.
-            return self._mmtt_state.weighted_mean(x)
-        return super().pool(x, pool_type)
+    def _embed(self, x: Tensor) -> Tensor:
+        # timm's forward_features up to the blocks.
+        return self.norm_pre(self.patch_drop(self._pos_embed(self.patch_embed(x))))
+
+    def _recover(self, x: Tensor, state: TokenState) -> Tensor:
+        return self.token_recovery.recover(x, state) if self._mmtt_recover else x
+
+    def _grid(self, height: int, width: int) -> Tuple[int, int]:
+        # Python ints even under tracing (FLOP counting), where shapes are 0-dim tensors.
+        return tuple(int(s) for s in self.patch_embed.dynamic_feat_size((height, width)))
+
+    def _features(self, x: Tensor, attn_mask: Optional[Tensor] = None,
+                  is_causal: bool = False) -> Tuple[Tensor, TokenState]:
+        grid = self._grid(*x.shape[-2:])
+        x, state = self._embed(x), TokenState()
+        for x, state in self._run_blocks(x, attn_mask, is_causal, grid=grid):
+            pass
+        return self._recover(self.norm(x), state), state
+
+    def forward_features(self, x: Tensor, attn_mask: Optional[Tensor] = None,
+                         is_causal: bool = False) -> Tensor:
+        return self._features(x, attn_mask, is_causal)[0]
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False,
+                     sizes: Optional[Tensor] = None) -> Tensor:
+        """timm's ``forward_head``; with ``sizes`` (``[B, P + M]``, from the same forward) an
+        average pool counts each reduced token ``size`` times. ``model(x)`` passes them; called
+        alone on reduced tokens without ``sizes``, the mean is timm's unweighted one."""
+        weighted = (sizes is not None and self.global_pool == 'avg' and self.attn_pool is None
+                    and not self._mmtt_recover)
+        if not weighted:
+            return super().forward_head(x, pre_logits=pre_logits)
+        x = self.head_drop(self.fc_norm(weighted_mean(x, sizes, self.num_prefix_tokens)))
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: Tensor, attn_mask: Optional[Tensor] = None, is_causal: bool = False):
+        x, state = self._features(x, attn_mask, is_causal)
+        return self.forward_head(x, sizes=state.sizes)
+
+    def forward_intermediates(self, x: Tensor, indices: Optional[Union[int, List[int]]] = None,
+                              return_prefix_tokens: bool = False, norm: bool = False,
+                              stop_early: bool = False, output_fmt: str = 'NCHW',
+                              intermediates_only: bool = False, output_dict: bool = False,
+                              attn_mask: Optional[Tensor] = None, is_causal: bool = False):
+        """timm's ``forward_intermediates`` (same arguments and outputs). Intermediates after a
+        reduction are recovered to the full token grid when the patch has ``recover``; without
+        it they have fewer tokens, so only ``output_fmt='NLC'`` can hold them."""
+        from timm.models._features import feature_take_indices
+        if output_fmt not in ('NCHW', 'NLC'):
+            raise ValueError(f"output_fmt={output_fmt!r} must be 'NCHW' or 'NLC'")
+        take, max_index = feature_take_indices(len(self.blocks), indices)
+        batch, _, height, width = x.shape
+        intermediates = []
+        x, state = self._embed(x), TokenState()
+        blocks = max_index + 1 if stop_early else None
+        grid = self._grid(height, width)
+        for i, (x, state) in enumerate(self._run_blocks(x, attn_mask, is_causal, blocks, grid)):
+            if i in take:
+                y = self._recover(self.norm(x) if norm else x, state)
+                if output_fmt == 'NCHW' and state.sizes is not None and not self._mmtt_recover:
+                    raise ValueError(f"output_fmt='NCHW' after a reduction (block {i}) needs the "
+                                     "patch's recover option; use output_fmt='NLC' for the "
+                                     'reduced tokens')
+                intermediates.append(y)
+        p = self.num_prefix_tokens
+        prefix = [y[:, :p] for y in intermediates] if p else None
+        intermediates = [y[:, p:] for y in intermediates]
+        if output_fmt == 'NCHW':
+            h, w = self.patch_embed.dynamic_feat_size((height, width))
+            intermediates = [y.reshape(batch, h, w, -1).permute(0, 3, 1, 2).contiguous()
+                             for y in intermediates]
+        final = None if intermediates_only else self._recover(self.norm(x), state)
+        if output_dict:
+            out = {'image_intermediates': intermediates}
+            if prefix is not None and return_prefix_tokens:
+                out['image_intermediates_prefix'] = prefix
+            if final is not None:
+                out['image_features'] = final
+            return out
+        if return_prefix_tokens and prefix is not None:
+            intermediates = list(zip(intermediates, prefix))
+        return intermediates if intermediates_only else (final, intermediates)
+
+    def __reduce_ex__(self, protocol):
+        # The class is made by _token_class; pickle rebuilds it from timm's (importable) class.
+        return _restore_patched, (self._mmtt_base,), dict(self.__dict__)
 
 
 _TOKEN_CLASSES: Dict[type, type] = {}
@@ -109,13 +212,20 @@ _TOKEN_CLASSES: Dict[type, type] = {}
 
 def _token_class(base: type) -> type:
     if base not in _TOKEN_CLASSES:
-        _TOKEN_CLASSES[base] = type(f'Token{base.__name__}', (TokenModelMixin, base), {})
+        _TOKEN_CLASSES[base] = type(f'Token{base.__name__}', (TokenModelMixin, base),
+                                    {'__module__': __name__})
     return _TOKEN_CLASSES[base]
 
 
+def _restore_patched(base: type):
+    cls = _token_class(base)
+    return cls.__new__(cls)
+
+
 def apply_patch(model: VisionTransformer, method: str = 'transform', keep_ratio: float = 0.7,
-                layers: Sequence[int] = (3, 6, 9), kappa: float = 0.55, tau: float = 150.0,
-                recover: Union[bool, str] = False, metric: Optional[str] = None, preset: Optional[str] = None,
+                reduce_layers: Sequence[int] = (3, 6, 9), kappa: float = 0.55, tau: float = 150.0,
+                recover: Union[bool, str] = False, metric: Optional[str] = None,
+                preset: Optional[str] = None, layers: Optional[Sequence[int]] = None,
                 **transform_kwargs) -> VisionTransformer:
     """Insert token reduction into a timm ``VisionTransformer``, in place.
 
@@ -123,40 +233,44 @@ def apply_patch(model: VisionTransformer, method: str = 'transform', keep_ratio:
         model: a timm ViT whose blocks are ``timm.models.vision_transformer.Block`` with
             ``timm.layers.Attention`` (DeiT, DeiT-distilled, ViT-AugReg, MAE, DINOv2-style
             with LayerScale and register tokens).
-        method: ``'transform'``, ``'tome'``, ``'evit'`` or ``'prune'``.
+        method: a name from :data:`mmtt.modules.METHODS`: ``'transform'``, ``'tome'``,
+            ``'evit'``, ``'prune'``, ``'tps'``, ``'pitome'`` or ``'hourglass'``.
         keep_ratio: fraction of tokens kept at each reduction.
-        layers: 0-based indices of the blocks after whose attention tokens are reduced, a
-            sequence of ints (``(3,)`` for one block; a bare int is refused as ambiguous).
+        reduce_layers: 0-based indices of the blocks after whose attention tokens are reduced,
+            a sequence of ints (``(3,)`` for one block; a bare int is refused as ambiguous).
+            The mmseg and mmdet backbones' config key of the same name.
         kappa, tau: see :class:`mmtt.TokenTransform`.
         recover: make ``forward_features`` return all tokens: True (nearest-neighbour
             recovery, eq. 9-10) or a :class:`mmtt.TokenRecovery` mode (``'nearest'``,
             ``'assignment'``, ``'share'``).
         metric: features compared for similarity: ``'hidden'`` (the block's hidden states,
-            the paper's) or ``'keys'`` (head-averaged keys, ToMe's). Default: keys for ToMe,
-            hidden states otherwise.
-        preset: a name from :data:`PRESETS`, overriding ``keep_ratio`` and ``layers``.
+            the paper's) or ``'keys'`` (head-averaged keys, ToMe's). Default: the method's entry
+            in :data:`mmtt.modules.METHOD_SPECS` (keys for ToMe and PiToMe, hidden states
+            otherwise).
+        preset: a name from :data:`PRESETS`, overriding ``keep_ratio`` and ``reduce_layers``.
+        layers: the earlier name of ``reduce_layers``, still accepted.
         **transform_kwargs: other :class:`mmtt.TokenTransform` arguments (``selection``,
-            ``similarity``, ``orphans``).
+            ``similarity``, ``orphans``, ``top_k``, ``score_stride``).
 
     Returns:
         The same model object, patched.
     """
     if not isinstance(model, VisionTransformer):
         raise ValueError(f'model must be a timm VisionTransformer, got {type(model).__name__}')
-    if getattr(model, '_mmtt_state', None) is not None:
+    if isinstance(model, TokenModelMixin):
         raise ValueError('model is already patched; call remove_patch(model) first')
+    if layers is not None:
+        reduce_layers = layers
     if preset is not None:
         if preset not in PRESETS:
             raise ValueError(f'unknown preset={preset!r}; choose one of {sorted(PRESETS)}')
-        keep_ratio, layers = PRESETS[preset]['keep_ratio'], PRESETS[preset]['layers']
-    metric = metric or ('keys' if method == 'tome' else 'hidden')
+        keep_ratio, reduce_layers = PRESETS[preset]['keep_ratio'], PRESETS[preset]['reduce_layers']
+    metric = metric or default_metric(method)
     if metric not in ('hidden', 'keys'):
         raise ValueError(f"unknown metric={metric!r}; choose 'hidden' or 'keys'")
     depth = len(model.blocks)
-    layers = check_layers('layers', layers)
-    bad = [i for i in layers if not 0 <= i < depth]
-    if bad:
-        raise ValueError(f'layers={bad} out of range for a model with {depth} blocks')
+    key = 'layers' if layers is not None else 'reduce_layers'
+    reduce_layers = check_reduce_layers(key, reduce_layers, depth, f'a model with {depth} blocks')
     for i, block in enumerate(model.blocks):
         if type(block) is not Block or type(block.attn) is not Attention:
             raise ValueError(f'block {i} is {type(block).__name__} with {type(block.attn).__name__}; '
@@ -165,22 +279,19 @@ def apply_patch(model: VisionTransformer, method: str = 'transform', keep_ratio:
     check_kwargs('apply_patch', transform_kwargs, TokenTransform.__init__)
     settings = dict(keep_ratio=keep_ratio, method=method, kappa=kappa, tau=tau, **transform_kwargs)
     TokenTransform(**settings)
-    transforms = {i: TokenTransform(**settings) for i in layers}
     recovery = TokenRecovery('nearest' if recover is True else recover) if recover else None
-    state = TokenState(model.num_prefix_tokens, recovery)
+    block_settings = BlockSettings(model.num_prefix_tokens, recovery, metric == 'keys')
     for i, block in enumerate(model.blocks):
         block.__class__ = TokenBlock
-        block.mmtt_transform = transforms.get(i)
-        block._mmtt_state = state
-        block._mmtt_metric = metric
-        if i in transforms:
+        block.token_transform = (TokenTransform(**settings).for_layer(i, depth)
+                                 if i in reduce_layers else None)
+        block._mmtt = block_settings
+        if i in reduce_layers:
             block.attn.__class__ = TokenAttention
-            block.attn._mmtt_score_stride = transforms[i].score_stride   # fixed at build time
     model._mmtt_base = type(model)
     model.__class__ = _token_class(type(model))
-    model._mmtt_state = state
     model._mmtt_recover = bool(recover)
-    model.mmtt_recovery = state.recovery
+    model.token_recovery = recovery
     return model
 
 
@@ -189,12 +300,9 @@ def remove_patch(model: VisionTransformer) -> VisionTransformer:
     if not isinstance(model, TokenModelMixin):
         return model
     for block in model.blocks:
-        del block.mmtt_transform, block._mmtt_state, block._mmtt_metric
-        block.attn.__dict__.pop('_mmtt_capture', None)
-        block.attn.__dict__.pop('_mmtt_keys', None)
-        block.attn.__dict__.pop('_mmtt_score_stride', None)
+        del block.token_transform, block._mmtt
         block.attn.__class__ = Attention
         block.__class__ = Block
     model.__class__ = model._mmtt_base
-    del model._mmtt_state, model._mmtt_recover, model.mmtt_recovery, model._mmtt_base
+    del model._mmtt_recover, model.token_recovery, model._mmtt_base
     return model

@@ -84,7 +84,7 @@ def record_reductions(model: nn.Module) -> Iterator[List[ReductionRecord]]:
     Yields a list that fills with one :class:`ReductionRecord` per reduction, in forward order.
     """
     blocks = [(i, b) for i, b in enumerate(getattr(model, 'blocks', []))
-              if getattr(b, 'mmtt_transform', None) is not None]
+              if getattr(b, 'token_transform', None) is not None]
     if not blocks:
         raise ValueError('model has no reductions: patch it with mmtt.patch.timm.apply_patch first')
     records: List[ReductionRecord] = []
@@ -95,7 +95,7 @@ def record_reductions(model: nn.Module) -> Iterator[List[ReductionRecord]]:
                 sizes = args[1] if len(args) > 1 else kwargs.get('sizes')
                 records.append(ReductionRecord(layer, kwargs.get('num_prefix', 0), sizes,
                                                kwargs.get('scores'), output))
-        handles.append(block.mmtt_transform.register_forward_hook(hook, with_kwargs=True))
+        handles.append(block.token_transform.register_forward_hook(hook, with_kwargs=True))
     try:
         yield records
     finally:

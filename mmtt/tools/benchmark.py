@@ -1,7 +1,7 @@
 """Speed of mmtt against the unmodified model: GFLOPs, latency, throughput, peak memory.
 
     python tools/benchmark.py --model deit_base_patch16_224 --methods transform tome prune
-    python tools/benchmark.py --config configs/segmenter_tt_ade20k.py --repeats 3
+    python tools/benchmark.py --config configs/segmenter/segmenter_tt_ade20k.py --repeats 3
 
 Each variant (the unmodified model first) runs in a fresh process, so peak memory is its own.
 Latency is the median over ``--repeats`` timed batch-1 forwards after ``--warmup`` untimed ones
@@ -20,10 +20,10 @@ from typing import Callable, List, Optional, Tuple
 import torch
 from tqdm import tqdm
 
+from mmtt.modules.methods import METHODS  # the table of methods
+
 from ._cli import ToolError, exits_on_user_error, one_line
 from ._timing import time_once
-
-METHODS = ('transform', 'tome', 'evit', 'prune')
 
 
 def timed(fn: Callable[[], object], warmup: int, repeats: int, device: torch.device) -> float:
@@ -34,8 +34,10 @@ def timed(fn: Callable[[], object], warmup: int, repeats: int, device: torch.dev
         return statistics.median(time_once(fn, device) for _ in range(repeats))
 
 
-def build_timm(args, method: Optional[str], top_k: Optional[int] = None) -> Tuple[torch.nn.Module, Tuple[int, int]]:
+def build_timm(args, method: Optional[str],
+               top_k: Optional[int] = None) -> Tuple[torch.nn.Module, Tuple[int, int]]:
     import timm
+
     from mmtt.patch.timm import apply_patch
     kwargs = dict(img_size=args.img_size) if args.img_size else {}
     model = timm.create_model(args.model, pretrained=False, **kwargs).eval()
@@ -52,16 +54,17 @@ def use_fused_attention(backbone: torch.nn.Module) -> None:
     """Run every attention of an mmtt mmseg ViT through SDPA, as a reduced one does: the
     unmodified model's outputs with the kernel the reduced model uses (mmseg's own
     ``nn.MultiheadAttention`` path materialises the N x N map)."""
-    from mmtt.patch.mmseg_vit import TokenVisionTransformer
+    from mmtt.models.backbones.vit import TokenVisionTransformer
     if not isinstance(backbone, TokenVisionTransformer):
         raise ValueError(f'--sdpa-baseline needs an mmtt mmseg ViT backbone, got {type(backbone).__name__}')
     backbone.use_fused_attention()
 
 
-def build_config(args, method: Optional[str], top_k: Optional[int] = None) -> Tuple[torch.nn.Module, Tuple[int, int]]:
+def build_config(args, method: Optional[str],
+                 top_k: Optional[int] = None) -> Tuple[torch.nn.Module, Tuple[int, int]]:
     from mmengine.config import Config
-    from mmtt.tools.det_utils import tensor_forward
-    from mmtt.tools.get_flops import build_model, default_shape, unmodified
+
+    from mmtt.analysis import build_model, default_shape, tensor_forward, unmodified
     cfg = Config.fromfile(args.config)
     if method in (None, SDPA_BASELINE):
         cfg = unmodified(cfg)
@@ -234,8 +237,8 @@ def main(argv=None) -> List[dict]:
           ', '.join(sorted({op for r in results for op in r['uncounted_ops']})))
     if args.json:
         with open(args.json, 'w') as f:
-            json.dump(dict(target=target, hardware=describe_hardware(args.device, args.threads), args=vars(args),
-                           results=results), f, indent=2)
+            json.dump(dict(target=target, hardware=describe_hardware(args.device, args.threads),
+                           args=vars(args), results=results), f, indent=2)
     return results
 
 

@@ -2,52 +2,15 @@
 
 The unmodified model is the same config with ``model.backbone.reduce_layers=[]`` (mmtt's
 backbones are then their host's model exactly). Counting is MMEngine's counter with an SDPA
-handle (:mod:`mmtt.analysis`); ops it does not count are listed.
+handle; ops it does not count are listed. Building and counting live in :mod:`mmtt.analysis`;
+this module is the command line only.
 """
 import argparse
-import copy
-from typing import Tuple
 
-import torch
 from mmengine.config import Config, DictAction
-from mmengine.registry import init_default_scope
-from torch import nn
 
-from ..analysis import FlopReport, count_flops
+from ..analysis import config_flops, default_shape, unmodified
 from ._cli import exits_on_user_error
-from .det_utils import detection_test_shape, tensor_forward
-
-
-class TensorForward(nn.Module):
-    """``model(inputs, mode='tensor')`` as a one-argument module, for the jit tracer."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, inputs: torch.Tensor):
-        return self.model(inputs, mode='tensor')
-
-
-def unmodified(cfg: Config) -> Config:
-    plain = copy.deepcopy(cfg)
-    plain.model.backbone.reduce_layers = []
-    return plain
-
-
-def build_model(cfg: Config) -> nn.Module:
-    from mmengine.registry import MODELS
-    init_default_scope(cfg.get('default_scope', 'mmseg'))
-    model = MODELS.build(copy.deepcopy(cfg.model))   # DINO edits its config in place
-    model.eval()
-    return model
-
-
-def config_flops(cfg: Config, shape: Tuple[int, int], part: str = 'model') -> FlopReport:
-    """FLOPs of one ``[1, 3, H, W]`` input through the whole model or its backbone."""
-    model = build_model(cfg)
-    net = model.backbone if part == 'backbone' else tensor_forward(model)
-    return count_flops(net, (torch.randn(1, 3, *shape),))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -64,11 +27,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         if min(args.shape) < 1:
             parser.error(f'--shape {" ".join(map(str, args.shape))}: H and W must be >= 1')
     return args
-
-
-def default_shape(cfg: Config) -> Tuple[int, int]:
-    crop = cfg.model.get('test_cfg', {}).get('crop_size')
-    return tuple(crop) if crop else detection_test_shape(cfg) or (512, 512)
 
 
 @exits_on_user_error

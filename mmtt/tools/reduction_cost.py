@@ -79,7 +79,8 @@ def steps_for(inputs: Dict[str, Tensor], keep_ratio: float, kappa: float, tau: f
     return steps
 
 
-def measure(inputs: Dict[str, Tensor], args: argparse.Namespace, dtype_name: str, keep_ratio: float) -> Dict[str, float]:
+def measure(inputs: Dict[str, Tensor], args: argparse.Namespace, dtype_name: str,
+            keep_ratio: float) -> Dict[str, float]:
     dtype = DTYPES[dtype_name]
     device = inputs['x'].device
     with torch.no_grad(), autocast(device, dtype):

@@ -1,7 +1,7 @@
 """DPT-Hybrid's backbone: a ResNet (stem and stages) whose 1/16 feature map feeds a ViT.
 
 :class:`TokenHybridVisionTransformer` is mmtt's
-:class:`~mmtt.patch.mmseg_vit.TokenVisionTransformer` (mmseg's ``VisionTransformer`` with Token
+:class:`~mmtt.models.backbones.vit.TokenVisionTransformer` (mmseg's ``VisionTransformer`` with Token
 Transforming inserted by config) with mmseg's patch embedding swapped for the hybrid one of
 DPT-Hybrid / timm's ``vit_base_r50_s16_384``: ResNet-50 stem and first three stages (BiT
 flavour: weight-standardised convs, GroupNorm), then a 1x1 convolution to the embedding width.
@@ -17,14 +17,14 @@ from timm.layers import GroupNormAct, StdConv2dSame
 from timm.models.resnetv2 import ResNetV2
 from torch import Tensor, nn
 
-from ...patch.mmseg_vit import TokenVisionTransformer
+from ..backbones.vit import TokenVisionTransformer
 
 
 class HybridPatchEmbed(nn.Module):
     """ResNet stem + stages, then a 1x1 projection: image -> ViT tokens.
 
-    Called like mmseg's ``PatchEmbed`` (returns the tokens and the grid size); the stage outputs
-    of the same call are left in :attr:`stage_outputs` for the backbone to hand to the head.
+    Called like mmseg's ``PatchEmbed`` (returns the tokens and the grid size); the backbone,
+    which also hands stage outputs to the head, calls :meth:`stages` and :meth:`project`.
 
     Args:
         in_channels: image channels.
@@ -47,16 +47,23 @@ class HybridPatchEmbed(nn.Module):
             norm_layer=partial(GroupNormAct, num_groups=norm_groups))
         self.proj = nn.Conv2d(channels[-1], embed_dims, kernel_size=1)
 
-    def forward(self, x: Tensor) -> Tuple[Tensor, Tuple[int, int]]:
-        """``x``: ``[B, 3, H, W]`` -> tokens ``[B, h * w, C]`` and ``(h, w)``, h = ceil(H / 16)."""
+    def stages(self, x: Tensor) -> List[Tensor]:
+        """``x``: ``[B, 3, H, W]`` -> the output of every ResNet stage."""
         x = self.resnet.stem(x)
-        stage_outputs: List[Tensor] = []
+        outputs: List[Tensor] = []
         for stage in self.resnet.stages:
             x = stage(x)
-            stage_outputs.append(x)
-        self.stage_outputs = stage_outputs
-        x = self.proj(x)
+            outputs.append(x)
+        return outputs
+
+    def project(self, feature: Tensor) -> Tuple[Tensor, Tuple[int, int]]:
+        """The last stage's map -> tokens ``[B, h * w, C]`` and ``(h, w)``."""
+        x = self.proj(feature)
         return x.flatten(2).transpose(1, 2), (x.shape[2], x.shape[3])
+
+    def forward(self, x: Tensor) -> Tuple[Tensor, Tuple[int, int]]:
+        """``x``: ``[B, 3, H, W]`` -> tokens ``[B, h * w, C]`` and ``(h, w)``, h = ceil(H / 16)."""
+        return self.project(self.stages(x)[-1])
 
 
 @SEG_MODELS.register_module()
@@ -118,9 +125,9 @@ class TokenHybridVisionTransformer(TokenVisionTransformer):
 
     def forward(self, inputs: Tensor) -> tuple:
         """``inputs``: ``[B, 3, H, W]``; see the class docstring for the outputs."""
-        vit_outputs = super().forward(inputs)
-        stage_outputs = self.patch_embed.__dict__.pop('stage_outputs')
-        return tuple(stage_outputs[i] for i in self.resnet_out_indices) + tuple(vit_outputs)
+        stage_outputs = self.patch_embed.stages(inputs)
+        x, hw_shape = self.patch_embed.project(stage_outputs[-1])
+        return tuple(stage_outputs[i] for i in self.resnet_out_indices) + self._encode(x, hw_shape)
 
 
 def _check_resnet(layers: Sequence[int], channels: Sequence[int], stem_channels: int,

@@ -1,7 +1,7 @@
 # DPT-Hybrid (ResNet-50 + ViT-B/16) monocular depth on NYUv2, unmodified: the baseline of the
 # paper's Table 3 (AbsRel 0.110). Evaluate the official weights, converted once:
 #   python tools/convert_dpt_checkpoint.py dpt_hybrid_nyu-2ce69ec7.pt dpt_hybrid_nyu_mmtt.pth
-#   python tools/test.py configs/dpt_nyu.py dpt_hybrid_nyu_mmtt.pth
+#   python tools/test.py configs/dpt/dpt_nyu.py dpt_hybrid_nyu_mmtt.pth
 _base_ = [
     'mmseg::_base_/datasets/nyu.py', 'mmseg::_base_/default_runtime.py',
     'mmseg::_base_/schedules/schedule_25k.py'

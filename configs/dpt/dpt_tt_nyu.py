@@ -1,7 +1,7 @@
 # DPT-Hybrid on NYUv2 with Token Transforming in its ViT, training-free (paper Table 3:
 # 280 -> 200 GFLOPs, AbsRel 0.110 -> 0.108). Tokens are recovered before the reassemble taps
 # at ViT layers 8 and 11; the ResNet taps are untouched.
-#   python tools/test.py configs/dpt_tt_nyu.py dpt_hybrid_nyu_mmtt.pth
+#   python tools/test.py configs/dpt/dpt_tt_nyu.py dpt_hybrid_nyu_mmtt.pth
 _base_ = ['./dpt_nyu.py']
 
 model = dict(

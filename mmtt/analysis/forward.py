@@ -1,16 +1,15 @@
-"""Running an mmdet detector without a data pipeline: for FLOP counting and benchmarks.
+"""Any mmseg or mmdet model as a one-argument ``inputs -> outputs`` module, for the jit tracer.
 
 mmseg models run as ``model(inputs, mode='tensor')``; DETR-style detectors (DINO) also need
 data samples whose metainfo gives the image and batch shapes, from which they build their
-padding masks. :func:`det_data_samples` makes those for unpadded inputs, and
-:class:`DetTensorForward` wraps a detector as a one-argument module for the jit tracer.
+padding masks. :class:`TensorForward` makes those per call for unpadded inputs, so one wrapper
+serves any model, batch size and input size (FLOP counting, latency and throughput runs).
 """
-from typing import List, Optional, Tuple
+from typing import List, Tuple
 
 from torch import Tensor, nn
 
-__all__ = ['is_detector', 'det_data_samples', 'DetTensorForward', 'detection_test_shape',
-           'tensor_forward']
+__all__ = ['is_detector', 'det_data_samples', 'TensorForward', 'DetTensorForward', 'tensor_forward']
 
 
 def is_detector(model: nn.Module) -> bool:
@@ -39,39 +38,32 @@ def det_data_samples(batch: int, shape: Tuple[int, int]) -> List:
     return samples
 
 
-class DetTensorForward(nn.Module):
-    """``detector(inputs, data_samples, mode='tensor')`` as a one-argument module.
+class TensorForward(nn.Module):
+    """``model(inputs, mode='tensor')`` as a one-argument module; for an mmdet detector
+    ``model(inputs, data_samples, mode='tensor')``, the samples made per call from the input's
+    shape (:func:`det_data_samples`).
 
-    The data samples are made per call from the input's shape, so one wrapper serves any
-    batch size and input size (FLOP counting, latency and throughput runs).
+    Args:
+        model: an mmseg segmentor / depth estimator or an mmdet detector.
     """
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
+        self.detector = is_detector(model)
 
     def forward(self, inputs: Tensor):
+        """inputs: ``[B, 3, H, W]``."""
+        if not self.detector:
+            return self.model(inputs, mode='tensor')
         samples = det_data_samples(int(inputs.shape[0]), tuple(int(v) for v in inputs.shape[-2:]))
         return self.model(inputs, samples, mode='tensor')
 
 
-def detection_test_shape(cfg) -> Optional[Tuple[int, int]]:
-    """``(H, W)`` that an mmdet config's test ``Resize`` gives a landscape image, e.g.
-    (800, 1333) for COCO's ``scale=(1333, 800)``; None for other configs (mmseg ones keep
-    their crop size) or without such a step."""
-    if cfg.get('default_scope') != 'mmdet':
-        return None
-    pipeline = cfg.get('test_dataloader', {}).get('dataset', {}).get('pipeline', [])
-    for step in pipeline:
-        if step.get('type') == 'Resize' and step.get('scale') is not None:
-            return int(min(step['scale'])), int(max(step['scale']))
-    return None
+# The detector wrapper's former name: one class now serves segmentors and detectors alike.
+DetTensorForward = TensorForward
 
 
 def tensor_forward(model: nn.Module) -> nn.Module:
     """A one-argument ``inputs -> model outputs`` module for any mmseg or mmdet model."""
-    if is_detector(model):
-        return DetTensorForward(model)
-    from .get_flops import TensorForward
     return TensorForward(model)
-

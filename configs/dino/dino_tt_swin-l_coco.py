@@ -1,6 +1,6 @@
 # DINO 5-scale with a Swin-L backbone on COCO, with Token Transforming inside windowed
 # attention, training-free. Evaluate an official mmdet checkpoint:
-#   python tools/test.py configs/dino_tt_swin-l_coco.py CHECKPOINT
+#   python tools/test.py configs/dino/dino_tt_swin-l_coco.py CHECKPOINT
 _base_ = ['mmdet::dino/dino-5scale_swin-l_8xb2-12e_coco.py']
 custom_imports = dict(imports=['mmtt'], allow_failed_imports=False)
 

@@ -3,8 +3,14 @@
 :class:`TokenVisionTransformer` is mmseg's backbone with reduction between the attention and
 the FFN of chosen layers, and nearest-neighbour recovery before every output, so decode heads
 see the full grid. It has exactly mmseg's parameters, so official checkpoints load strictly.
+Each layer takes and returns the forward's :class:`~mmtt.modules.host.TokenState`, so nothing
+about a forward is stored on the model.
 """
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
+
+from ...compat import check_versions
+
+check_versions('mmsegmentation', 'mmcv')
 
 import torch
 import torch.nn.functional as F
@@ -14,10 +20,19 @@ from mmseg.models.backbones.vit import TransformerEncoderLayer, VisionTransforme
 from mmseg.registry import MODELS as SEG_MODELS
 from torch import Tensor
 
-from ..functional import attention_with_scores, size_bias
-from ..functional._checks import check_layers
-from ._build import build_module
-from ._state import TokenState
+from ...functional import size_bias
+from ...modules import TokenTransform
+from ...modules.host import (
+    BlockSettings,
+    Capture,
+    TokenState,
+    attend,
+    check_recovery,
+    check_reduce_layers,
+    reduce_tokens,
+    reduces,
+)
+from ...patch._build import build_module
 
 
 class TokenMultiheadAttention(MultiheadAttention):
@@ -30,15 +45,15 @@ class TokenMultiheadAttention(MultiheadAttention):
     ``[B * heads, N, N]`` map, which on a CPU made Segmenter-L's unreduced layers 1.7x slower
     than SDPA. With no reduction configured it is mmcv's module unchanged, so outputs equal
     mmseg's exactly.
-    """
-    _mmtt_state: TokenState
-    _mmtt_capture: Optional[str] = None   # 'informative' or 'cls' in a reducing layer
-    _mmtt_fused: bool = False             # SDPA even before the first reduction
-    _mmtt_score_stride: int = 1           # TokenTransform.score_stride of a reducing layer
 
-    def forward(self, query: Tensor, identity: Optional[Tensor] = None, **kwargs) -> Tensor:
-        state = self._mmtt_state
-        if state.sizes is None and self._mmtt_capture is None and not self._mmtt_fused:
+    ``forward(query, identity, sizes=None, capture=None)``: ``sizes`` ``[B, N]`` of the
+    current tokens; with a :class:`~mmtt.modules.host.Capture` it returns ``(out, Captured)``.
+    """
+    _mmtt_fused: bool = False   # SDPA even before the first reduction
+
+    def forward(self, query: Tensor, identity: Optional[Tensor] = None,
+                sizes: Optional[Tensor] = None, capture: Optional[Capture] = None, **kwargs):
+        if sizes is None and capture is None and not self._mmtt_fused:
             return super().forward(query, identity=identity, **kwargs)
         if kwargs.get('key') is not None or not self.batch_first:
             raise ValueError('TokenMultiheadAttention supports batch-first self-attention only')
@@ -47,42 +62,42 @@ class TokenMultiheadAttention(MultiheadAttention):
         heads = mha.num_heads
         q, k, v = F.linear(query, mha.in_proj_weight, mha.in_proj_bias).reshape(
             b, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
-        bias = size_bias(state.sizes, q.dtype)
-        if self._mmtt_capture is None:
-            out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=bias, dropout_p=mha.dropout if self.training else 0.0)
-        else:
-            out, informative, cls = attention_with_scores(q, k, v, bias,
-                                                          score_stride=self._mmtt_score_stride)
-            self.captured = informative if self._mmtt_capture == 'informative' else cls
+        out, captured = attend(q, k, v, size_bias(sizes, q.dtype), capture or Capture(),
+                               dropout_p=mha.dropout if self.training else 0.0)
         out = mha.out_proj(out.transpose(1, 2).reshape(b, n, c))
-        return (query if identity is None else identity) + self.dropout_layer(self.proj_drop(out))
+        out = (query if identity is None else identity) + self.dropout_layer(self.proj_drop(out))
+        return out if capture is None else (out, captured)
 
 
 class TokenEncoderLayer(TransformerEncoderLayer):
-    """mmseg's encoder layer with an optional reduction between attention and FFN (Fig. 3)."""
-    _mmtt_state: TokenState
-    mmtt_transform: Optional[torch.nn.Module]
+    """mmseg's encoder layer that takes and returns the forward's :class:`TokenState`, with an
+    optional reduction between attention and FFN (Fig. 3). Before any reduction and without
+    one it runs mmseg's own forward."""
+    token_transform: Optional[TokenTransform]
+    _mmtt: BlockSettings
 
-    def forward(self, x: Tensor) -> Tensor:
-        transform = self.mmtt_transform
-        n = x.shape[1] - self._mmtt_state.num_prefix
-        if transform is None or transform.num_keep(n) == n:
-            return super().forward(x)
+    def forward(self, x: Tensor, state: TokenState = TokenState()) -> Tuple[Tensor, TokenState]:
+        transform = self.token_transform
+        settings = self._mmtt
+        reducing = reduces(transform, x.shape[1] - settings.num_prefix)
+        if state.sizes is None and not reducing:
+            return super().forward(x), state
 
-        def inner_forward(x):
-            self.attn._mmtt_capture = transform.score_kind
-            try:
-                x = self.attn(self.norm1(x), identity=x)
-            finally:
-                self.attn._mmtt_capture = None
-            scores = self.attn.__dict__.pop('captured', None)
-            x = self._mmtt_state.reduce(x, transform, scores=scores)
-            return self.ffn(self.norm2(x), identity=x)
+        def inner_forward(x: Tensor, state: TokenState) -> Tuple[Tensor, TokenState]:
+            # mmseg's _inner_forward, with the size bias and the reduction inserted.
+            if reducing:
+                x, captured = self.attn(self.norm1(x), identity=x, sizes=state.sizes,
+                                        capture=Capture.of(transform))
+                x, state = reduce_tokens(x, state, transform, settings.recovery,
+                                         settings.num_prefix, captured)
+            else:
+                x = self.attn(self.norm1(x), identity=x, sizes=state.sizes)
+            return self.ffn(self.norm2(x), identity=x), state
 
         if self.with_cp and x.requires_grad:
-            return cp.checkpoint(inner_forward, x, use_reentrant=False)
-        return inner_forward(x)
+            # Non-reentrant: the state goes in and comes out with the tokens.
+            return cp.checkpoint(inner_forward, x, state, use_reentrant=False)
+        return inner_forward(x, state)
 
 
 @SEG_MODELS.register_module()
@@ -102,10 +117,8 @@ class TokenVisionTransformer(VisionTransformer):
                  token_recovery: Optional[dict] = None, **kwargs) -> None:
         super().__init__(**kwargs)
         depth = len(self.layers)
-        reduce_layers = check_layers('reduce_layers', reduce_layers)
-        bad = [i for i in reduce_layers if not 0 <= i < depth]
-        if bad:
-            raise ValueError(f'reduce_layers={bad} out of range for num_layers={depth}')
+        reduce_layers = check_reduce_layers('reduce_layers', reduce_layers, depth,
+                                            f'num_layers={depth}')
         if reduce_layers and token_transform is None:
             raise ValueError('reduce_layers is set but token_transform is None')
         # Built even when no layer reduces, so a bad setting fails here and not in a later run.
@@ -113,24 +126,22 @@ class TokenVisionTransformer(VisionTransformer):
         if not reduce_layers:
             transform = None
         late_outputs = [i for i in self.out_indices if reduce_layers and i >= reduce_layers[0]]
-        if late_outputs and token_recovery is None:
-            raise ValueError(f'token_recovery is required: out_indices {late_outputs} come at or '
-                             f'after the first of reduce_layers={reduce_layers}, and the decode '
-                             'head needs the full token grid')
+        check_recovery(token_recovery, bool(late_outputs),
+                       f'out_indices {late_outputs} come at or after the first of '
+                       f'reduce_layers={list(reduce_layers)}, and the decode head needs the full '
+                       'token grid')
         self.token_transform = transform
         self.token_recovery = build_module('token_recovery', token_recovery)
-        self.reduce_layers = tuple(reduce_layers)
-        state = TokenState(int(self.with_cls_token), self.token_recovery)
-        self._mmtt_state = state
+        self.reduce_layers = reduce_layers
+        settings = BlockSettings(int(self.with_cls_token), self.token_recovery)
         # mmseg builds its layers itself; swapping their classes keeps every parameter as is.
         for i, layer in enumerate(self.layers):
             layer.__class__ = TokenEncoderLayer
             layer.attn.__class__ = TokenMultiheadAttention
-            layer._mmtt_state = layer.attn._mmtt_state = state
-            layer.mmtt_transform = transform if i in reduce_layers else None
-            if transform is not None:
-                layer.attn._mmtt_score_stride = transform.score_stride
-
+            # for_layer: the method's per-block schedule (PiToMe's), else the shared module.
+            layer.token_transform = (transform.for_layer(i, depth) if i in reduce_layers
+                                     else None)
+            layer._mmtt = settings
         self.use_fused_attention(transform is not None and transform.keep_ratio < 1)
 
     def use_fused_attention(self, enabled: bool = True) -> None:
@@ -148,10 +159,12 @@ class TokenVisionTransformer(VisionTransformer):
         return [out, x[:, 0]] if self.output_cls_token else out
 
     def forward(self, inputs: Tensor) -> tuple:
-        # mmseg's forward, with token state reset per call and recovery before each output.
-        state = self._mmtt_state
-        state.reset()
         x, hw_shape = self.patch_embed(inputs)
+        return self._encode(x, hw_shape)
+
+    def _encode(self, x: Tensor, hw_shape) -> tuple:
+        # mmseg's forward after the patch embedding, with the token state handed from layer to
+        # layer and recovery before each output.
         x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
         x = self._pos_embeding(x, hw_shape, self.pos_embed)
         if not self.with_cls_token:
@@ -159,11 +172,13 @@ class TokenVisionTransformer(VisionTransformer):
         if self.pre_norm:
             x = self.pre_ln(x)
         outs = [self._grid_output(x, hw_shape)] if self.out_origin else []
+        # The patch grid, for clustering methods (ints even under tracing, for FLOP counting).
+        state = TokenState(grid=(int(hw_shape[0]), int(hw_shape[1])))
         for i, layer in enumerate(self.layers):
-            x = layer(x)
+            x, state = layer(x, state)
             if i == len(self.layers) - 1 and self.final_norm:
                 x = self.norm1(x)
             if i in self.out_indices:
-                full = x if state.index is None else state.recover(x)
+                full = x if self.token_recovery is None else self.token_recovery.recover(x, state)
                 outs.append(self._grid_output(full, hw_shape))
         return tuple(outs)

@@ -36,130 +36,48 @@ Config keys: ``token_transform`` (a ``TokenTransform``: kappa, tau, similarity, 
 out), ``reduce_layers`` (global 0-based block indices; ``[]`` is the unmodified host),
 ``reduced_window_size`` and ``token_recovery``. Parameters and state-dict keys are mmdet's.
 """
-from typing import List, NamedTuple, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
+
+from ...compat import check_versions
+
+check_versions('mmdet', 'mmcv')
 
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
-from mmdet.models.backbones.swin import (ShiftWindowMSA, SwinBlock, SwinBlockSequence,
-                                         SwinTransformer)
+from mmdet.models.backbones.swin import ShiftWindowMSA, SwinBlock, SwinBlockSequence, SwinTransformer
 from mmdet.registry import MODELS as DET_MODELS
 from mmengine.registry import MODELS
-from torch import Tensor, nn
+from torch import Tensor
 
-from ..functional import attention_with_scores, size_bias
-from ..functional._checks import check_layers
-from ..functional.token_matrix import DENSE, TokenMatrix
-from ..functional.windows import (anchored_relative_bias, grid_queries, grid_recover,
-                                  grid_transform, shifted_window_mask, window_partition,
-                                  window_reverse)
-from ..modules import TokenRecovery, TokenTransform
-
-
-def _pad_to(size: int, window: int) -> int:
-    return -(-size // window) * window
-
-
-class WindowGrid(NamedTuple):
-    """A stage's tokens after its reduction; made by :class:`WindowTokenTransform`.
-
-    Attributes:
-        size: ``(H, W)`` of the full map; ``padded``: ``(Hp, Wp)``, whole windows.
-        window, grid: sides of the host's and of the reduced windows.
-        sizes: ``[B, Hr, Wr]`` token sizes s (eq. 8).
-        anchors: ``[B, Hr, Wr, 2]`` long, position of each token's query in the padded map.
-        index: ``[B * nW, window**2]``, recovery index of each original token (eq. 9).
-    """
-    size: Tuple[int, int]
-    padded: Tuple[int, int]
-    window: int
-    grid: int
-    sizes: Tensor
-    anchors: Tensor
-    index: Tensor
-
-    @property
-    def reduced_size(self) -> Tuple[int, int]:
-        return (self.padded[0] // self.window * self.grid, self.padded[1] // self.window * self.grid)
-
-    def recover(self, x: Tensor) -> Tensor:
-        """``[B, Hr * Wr, C]`` -> ``[B, H * W, C]`` (eq. 10)."""
-        full = grid_recover(x.view(x.shape[0], *self.reduced_size, -1), self.index, self.window,
-                            self.grid, self.padded, self.size)
-        return full.reshape(x.shape[0], -1, x.shape[-1])
-
-
-class WindowTokenTransform(nn.Module):
-    """Reduces every ``window x window`` window to ``grid x grid`` tokens; no parameters.
-
-    Args:
-        transform: the ``TokenTransform`` holding kappa, tau, similarity, orphans, selection.
-        recovery: the ``TokenRecovery`` whose index (eq. 9) the stage recovers with.
-        window, grid: sides of the host's and of the reduced windows.
-    """
-
-    def __init__(self, transform: TokenTransform, recovery: TokenRecovery, window: int,
-                 grid: int) -> None:
-        super().__init__()
-        self.transform, self.recovery = transform, recovery
-        self.window, self.grid = window, grid
-
-    @property
-    def needs_scores(self) -> bool:
-        return self.transform.selection == 'informative'
-
-    def forward(self, x: Tensor, size: Tuple[int, int],
-                scores: Optional[Tensor] = None) -> Tuple[Tensor, WindowGrid]:
-        """``x: [B, H * W, C]``, ``scores: [B, Hp, Wp]`` -> ``([B, Hr * Wr, C], WindowGrid)``."""
-        t, window, grid = self.transform, self.window, self.grid
-        b, c = x.shape[0], x.shape[-1]
-        h, w = size
-        hp, wp = _pad_to(h, window), _pad_to(w, window)
-        pad = (0, 0, 0, wp - w, 0, hp - h)
-        windows = window_partition(F.pad(x.reshape(b, h, w, c), pad), window)
-        valid = window_partition(F.pad(x.new_ones(b, h, w, 1), pad), window)[..., 0]
-        win_scores = None if scores is None else window_partition(scores[..., None], window)[..., 0]
-        queries = grid_queries(win_scores, valid > 0, window, grid)
-        weight, sizes = grid_transform(windows, queries, t.kappa, t.tau, valid,
-                                       similarity_kind=t.similarity, orphans=t.orphans)
-        matrix = TokenMatrix(DENSE, window * window, grid * grid, sizes, weight=weight)
-        reduced = matrix.apply(windows)
-        index = self.recovery.index(windows, reduced, 0, matrix)
-        coords = torch.stack(torch.meshgrid(torch.arange(hp, device=x.device),
-                                            torch.arange(wp, device=x.device), indexing='ij'), -1)
-        anchors = window_partition(coords.expand(b, -1, -1, -1), window).gather(
-            1, queries[..., None].expand(-1, -1, 2))
-        hr, wr = hp // window * grid, wp // window * grid
-        out = WindowGrid((h, w), (hp, wp), window, grid,
-                         window_reverse(sizes[..., None], grid, hr, wr)[..., 0],
-                         window_reverse(anchors, grid, hr, wr), index)
-        return window_reverse(reduced, grid, hr, wr).reshape(b, hr * wr, c), out
-
-    def extra_repr(self) -> str:
-        return f'window={self.window}, grid={self.grid}'
+from ...functional import size_bias
+from ...functional.windows import (
+    anchored_relative_bias,
+    shifted_window_mask,
+    window_partition,
+    window_reverse,
+)
+from ...modules import TokenTransform
+from ...modules.host import Capture, attend, check_recovery, check_reduce_layers
+from ...modules.methods import WINDOW_METHODS
+from ...modules.window_transform import WindowGrid, WindowTokenTransform, pad_to
 
 
 class TokenShiftWindowMSA(ShiftWindowMSA):
     """mmdet's (shifted) window attention that can also run on a reduced grid or return the
     informative scores. Without either it is the host's ``forward`` unchanged.
 
-    The reduced and the scoring paths rewrite the host's ``forward`` (pad, roll, partition,
-    attend, reverse): the window size and the additive biases differ, the weights do not.
+    ``forward(query, hw_shape, grid=None, capture=None)``: with a
+    :class:`~mmtt.modules.host.Capture` it returns ``(out, Captured)``, the scores ``[B, Hp,
+    Wp]`` each from the window the token was attended in. The reduced and the scoring paths
+    rewrite the host's ``forward`` (pad, roll, partition, attend, reverse): the window size
+    and the additive biases differ, the weights do not.
     """
 
-    def forward(self, query: Tensor, hw_shape: Tuple[int, int],
-                grid: Optional[WindowGrid] = None) -> Tensor:
-        if grid is None:
+    def forward(self, query: Tensor, hw_shape: Tuple[int, int], grid: Optional[WindowGrid] = None,
+                capture: Optional[Capture] = None):
+        if grid is None and capture is None:
             return super().forward(query, hw_shape)
-        return self._attend(query, hw_shape, grid, with_scores=False)[0]
-
-    def forward_with_scores(self, query: Tensor, hw_shape: Tuple[int, int]) -> Tuple[Tensor, Tensor]:
-        """Full-resolution attention and the informative scores (eq. 2) of every token,
-        ``[B, Hp, Wp]``, each from the window it was attended in."""
-        return self._attend(query, hw_shape, None, with_scores=True)
-
-    def _attend(self, query: Tensor, hw_shape: Tuple[int, int], grid: Optional[WindowGrid],
-                with_scores: bool) -> Tuple[Tensor, Optional[Tensor]]:
         msa = self.w_msa
         b, _, c = query.shape
         h, w = grid.reduced_size if grid is not None else hw_shape
@@ -167,7 +85,7 @@ class TokenShiftWindowMSA(ShiftWindowMSA):
         # g // 2 slots stand for the host's w // 2 tokens (exactly where cell g // 2 starts at
         # token w // 2, see the module docstring).
         shift = (window // 2 if self.shift_size else 0) if grid is not None else self.shift_size
-        hp, wp = _pad_to(h, window), _pad_to(w, window)
+        hp, wp = pad_to(h, window), pad_to(w, window)
         x = F.pad(query.view(b, h, w, c), (0, 0, 0, wp - w, 0, hp - h))
 
         def to_windows(m: Tensor) -> Tensor:
@@ -187,22 +105,20 @@ class TokenShiftWindowMSA(ShiftWindowMSA):
             bias = bias + mask.repeat(b, 1, 1)[:, None]
         if grid is not None:
             bias = bias + size_bias(to_windows(grid.sizes[..., None])[..., 0], q.dtype)
-        scores = None
-        if with_scores:
-            # attention_with_scores scales by d ** -0.5; the host may use qk_scale instead. It
-            # has no attention dropout (0 in mmdet's Swin configs; none at inference anyway).
-            q = q * (msa.scale * q.shape[-1] ** 0.5)
-            out, informative, _ = attention_with_scores(q, k, v, bias)
-            scores = window_reverse(informative[..., None], window, hp, wp)
-            scores = (torch.roll(scores, (shift, shift), (1, 2)) if shift else scores)[..., 0]
-        else:
-            drop = msa.attn_drop.p if self.training else 0.0
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=drop,
-                                                 scale=msa.scale)
+        # The host may scale logits by qk_scale instead of d ** -0.5; attend takes the scale.
+        out, captured = attend(q, k, v, bias, capture or Capture(), scale=msa.scale,
+                               dropout_p=msa.attn_drop.p if self.training else 0.0)
         out = msa.proj_drop(msa.proj(out.transpose(1, 2).reshape(-1, n, c)))
         x = window_reverse(out, window, hp, wp)
         x = torch.roll(x, (shift, shift), (1, 2)) if shift else x
-        return self.drop(x[:, :h, :w].reshape(b, h * w, c)), scores
+        out = self.drop(x[:, :h, :w].reshape(b, h * w, c))
+        if capture is None:
+            return out
+        scores = captured.scores
+        if scores is not None:   # per window -> the padded map, shifted back
+            scores = window_reverse(scores[..., None], window, hp, wp)
+            scores = (torch.roll(scores, (shift, shift), (1, 2)) if shift else scores)[..., 0]
+        return out, captured._replace(scores=scores)
 
 
 class TokenSwinBlock(SwinBlock):
@@ -210,11 +126,11 @@ class TokenSwinBlock(SwinBlock):
 
     Without a grid or a reduction it is the host's ``forward`` unchanged.
     """
-    mmtt_transform: Optional[WindowTokenTransform]   # set by TokenSwinTransformer
+    window_transform: Optional[WindowTokenTransform]   # set by TokenSwinTransformer
 
     def forward(self, x: Tensor, hw_shape: Tuple[int, int], grid: Optional[WindowGrid] = None):
         """Returns ``x``, or ``(x, WindowGrid)`` in the block that reduces."""
-        transform = self.mmtt_transform
+        transform = self.window_transform
         if grid is None and transform is None:
             return super().forward(x, hw_shape)
 
@@ -223,11 +139,9 @@ class TokenSwinBlock(SwinBlock):
             if transform is None:
                 x = x + self.attn(self.norm1(x), hw_shape, grid)
                 return self.ffn(self.norm2(x), identity=x)
-            if transform.needs_scores:
-                attended, scores = self.attn.forward_with_scores(self.norm1(x), hw_shape)
-            else:
-                attended, scores = self.attn(self.norm1(x), hw_shape), None
-            x, new_grid = transform(x + attended, hw_shape, scores)
+            attended, captured = self.attn(self.norm1(x), hw_shape,
+                                           capture=Capture.of(transform.transform))
+            x, new_grid = transform(x + attended, hw_shape, captured.scores)
             return self.ffn(self.norm2(x), identity=x), new_grid
 
         if self.with_cp and x.requires_grad:
@@ -243,7 +157,7 @@ class TokenSwinBlockSequence(SwinBlockSequence):
     def forward(self, x: Tensor, hw_shape: Tuple[int, int]):
         grid = None
         for block in self.blocks:
-            if block.mmtt_transform is not None:
+            if block.window_transform is not None:
                 x, grid = block(x, hw_shape)
             else:
                 x = block(x, hw_shape, grid)
@@ -260,7 +174,9 @@ class TokenSwinTransformer(SwinTransformer):
     """mmdet ``SwinTransformer`` with Token Transforming inside windowed attention.
 
     Args:
-        token_transform: ``TokenTransform`` config; ``method`` must be 'transform' and
+        token_transform: ``TokenTransform`` config; ``method`` must run per window
+            (:data:`mmtt.modules.methods.WINDOW_METHODS`: 'transform'; the others are not
+            supported in windows) and
             ``selection`` 'informative' or 'uniform'. Without ``keep_ratio`` it is set to
             ``(reduced_window_size / window_size) ** 2``.
         reduce_layers: global 0-based indices of the blocks (over all stages, e.g. 4 is the
@@ -282,9 +198,8 @@ class TokenSwinTransformer(SwinTransformer):
         if reduce_layers:
             if token_transform is None:
                 raise ValueError('reduce_layers is set but token_transform is None')
-            if token_recovery is None:
-                raise ValueError('token_recovery is required: each reduced stage is recovered '
-                                 'to the full map before patch merging and its output')
+            check_recovery(token_recovery, True, 'each reduced stage is recovered to the full '
+                           'map before patch merging and its output')
             self._check_grid(reduced_window_size, window)
             transform = self._build_transform(token_transform, window, reduced_window_size)
             recovery = MODELS.build(token_recovery)
@@ -297,17 +212,14 @@ class TokenSwinTransformer(SwinTransformer):
         for i, block in enumerate(blocks):
             block.__class__ = TokenSwinBlock
             block.attn.__class__ = TokenShiftWindowMSA
-            block.mmtt_transform = (WindowTokenTransform(transform, recovery, window,
+            block.window_transform = (WindowTokenTransform(transform, recovery, window,
                                                          reduced_window_size)
                                     if i in reduce_layers else None)
 
     @staticmethod
-    def _check_layers(reduce_layers: Sequence[int], stage_of: List[int]) -> List[int]:
-        layers = check_layers('reduce_layers', reduce_layers)
-        bad = [i for i in layers if not 0 <= i < len(stage_of)]
-        if bad:
-            raise ValueError(f'reduce_layers={bad} out of range: the backbone has '
-                             f'sum(depths)={len(stage_of)} blocks')
+    def _check_layers(reduce_layers: Sequence[int], stage_of: List[int]) -> Tuple[int, ...]:
+        layers = check_reduce_layers('reduce_layers', reduce_layers, len(stage_of),
+                                     f'sum(depths)={len(stage_of)} blocks')
         stages = [stage_of[i] for i in layers]
         twice = sorted({s for s in stages if stages.count(s) > 1})
         if twice:
@@ -326,9 +238,9 @@ class TokenSwinTransformer(SwinTransformer):
         cfg = dict(cfg)
         cfg.setdefault('keep_ratio', grid * grid / (window * window))
         transform = MODELS.build(cfg)
-        if transform.method != 'transform':
+        if not transform.spec.windows:
             raise ValueError(f'token_transform.method={transform.method!r} is not supported in '
-                             "windows; use 'transform'")
+                             f'windows; use {" or ".join(map(repr, WINDOW_METHODS))}')
         if transform.top_k is not None:
             raise ValueError(f'token_transform.top_k={transform.top_k} is not supported in windows '
                              '(W spans one window, so it is small already); leave it out')

@@ -1,6 +1,6 @@
 # Segmenter-L/16 (mask head) on ADE20K at 640x640 with Token Transforming, training-free.
 # Evaluate an official mmseg checkpoint:
-#   python tools/test.py configs/segmenter_tt_ade20k.py CHECKPOINT
+#   python tools/test.py configs/segmenter/segmenter_tt_ade20k.py CHECKPOINT
 _base_ = ['mmseg::segmenter/segmenter_vit-l_mask_8xb1-160k_ade20k-512x512.py']
 custom_imports = dict(imports=['mmtt'], allow_failed_imports=False)
 

@@ -1,7 +1,7 @@
 # Segmenter-L/16 (mask head) on Cityscapes at 768x768 with Token Transforming, training-free.
 # mmseg ships no Segmenter config for Cityscapes: this one is composed from mmseg's parts
 # (the ViT-L of its ADE20K config, the Cityscapes 768x768 dataset, an 80k schedule).
-#   python tools/test.py configs/segmenter_tt_cityscapes.py CHECKPOINT
+#   python tools/test.py configs/segmenter/segmenter_tt_cityscapes.py CHECKPOINT
 _base_ = [
     'mmseg::_base_/models/segmenter_vit-b16_mask.py',
     'mmseg::_base_/datasets/cityscapes_768x768.py',

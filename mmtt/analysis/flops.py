@@ -16,9 +16,8 @@ from typing import Any, Dict, List, Tuple
 import torch
 from torch import nn
 
-
 # Attribute names under which mmtt's hosts hold their reduction modules.
-COMPRESSION_MODULES = ('mmtt_transform', 'token_transform')
+COMPRESSION_MODULES = ('token_transform', 'window_transform')
 
 
 def _shape(value) -> List[int]:

@@ -1,0 +1,4 @@
+# DeiT-S with method='evit' under the /0.7 schedule of deit-s_tt_in1k.py, for side-by-side runs.
+_base_ = ['./deit-s_tt_in1k.py']
+
+model = dict(backbone=dict(token_transform=dict(method='evit')))

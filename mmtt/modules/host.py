@@ -1,0 +1,155 @@
+"""What every host (timm, mmseg, mmdet backbones) shares: per-forward token state as a value,
+the one shape in which a reducing block asks its attention for scores, and the host checks.
+
+State flows with the data. A forward starts from ``TokenState()``, each reducing block returns
+a new one beside its tokens, and the model hands it to the next block: nothing about a forward
+is written on a module, so one model serves concurrent threads, and a block recomputed by
+``torch.utils.checkpoint`` sees the same state it saw the first time.
+"""
+from typing import NamedTuple, Optional, Sequence, Tuple
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..functional import attention_with_scores
+from ..functional._checks import check_layers
+from .token_recovery import TokenRecovery
+from .token_transform import TokenTransform
+
+
+class TokenState(NamedTuple):
+    """Token bookkeeping of one forward.
+
+    Attributes:
+        sizes: ``[B, P + M]`` sizes of the current tokens (eq. 8), None before any reduction.
+        index: ``[B, P + N]`` recovery index of every original token into the current ones
+            (eq. 9, composed over reductions), None before any reduction or without recovery
+            (or with the soft recovery mode).
+        relation: ``[B, P + N, P + M]`` soft recovery map of the ``'reconstruct'`` mode
+            (original token n is ``sum_m relation[n, m]`` times current token m, composed over
+            reductions), None otherwise.
+        grid: ``(h, w)`` of the current non-prefix tokens while they form a grid (the patch
+            grid until the first reduction; a clustering method's centre grid after it), else
+            None. The host sets it at the start of a forward; methods that cluster in space
+            (Hourglass) need it.
+    """
+    sizes: Optional[Tensor] = None
+    index: Optional[Tensor] = None
+    relation: Optional[Tensor] = None
+    grid: Optional[Tuple[int, int]] = None
+
+
+class BlockSettings(NamedTuple):
+    """What a patched block knows besides its transform, fixed when the host is built (a
+    tuple, not a module attribute of each block, so the recovery module is not re-registered
+    as a child of every block).
+
+    Attributes:
+        num_prefix: leading tokens never reduced (class, distillation, register tokens).
+        recovery: the model's ``TokenRecovery``, or None when nothing is recovered.
+        keys: compare head-averaged keys (ToMe's metric) instead of hidden states.
+    """
+    num_prefix: int
+    recovery: Optional[TokenRecovery] = None
+    keys: bool = False
+
+
+class Capture(NamedTuple):
+    """What a reducing block asks its attention to return beside the output.
+
+    Attributes:
+        scores: ``'informative'`` (eq. 2), ``'cls'`` or None: ``TokenTransform.score_kind``.
+        keys: also the head-averaged keys ``[B, N, d]`` (ToMe's similarity features).
+        stride: ``TokenTransform.score_stride``.
+    """
+    scores: Optional[str] = None
+    keys: bool = False
+    stride: int = 1
+
+    @classmethod
+    def of(cls, transform: TokenTransform, keys: bool = False) -> 'Capture':
+        return cls(transform.score_kind, keys, transform.score_stride)
+
+
+class Captured(NamedTuple):
+    """What the attention returned for a :class:`Capture`: ``scores [B, N]``, ``keys [B, N, d]``."""
+    scores: Optional[Tensor] = None
+    keys: Optional[Tensor] = None
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor], capture: Capture,
+           dropout_p: float = 0.0, scale: Optional[float] = None) -> Tuple[Tensor, Captured]:
+    """Attention of a reducing block: ``([B, heads, N, d], Captured)``.
+
+    Without scores to capture (ToMe, uniform selection) or with ``capture.stride > 1`` the
+    output comes from the fused kernel; otherwise from
+    :func:`mmtt.functional.attention_with_scores`, which has no dropout (a reducing block is
+    an inference-time edit).
+
+    Args:
+        q, k, v: ``[B, heads, N, d]``.
+        bias: additive logits bias (size bias, relative position, shift mask) or None.
+        scale: logits scale; None is ``d ** -0.5``.
+    """
+    if capture.scores is None:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p,
+                                             scale=scale)
+        scores = None
+    else:
+        if scale is not None:   # attention_with_scores scales by d ** -0.5
+            q = q * (scale * q.shape[-1] ** 0.5)
+        out, informative, cls = attention_with_scores(q, k, v, bias, score_stride=capture.stride)
+        scores = informative if capture.scores == 'informative' else cls
+    return out, Captured(scores, k.mean(dim=1) if capture.keys else None)
+
+
+def reduces(transform: Optional[TokenTransform], num_tokens: int) -> bool:
+    """Whether ``transform`` removes any of ``num_tokens`` reducible tokens (the shortcut every
+    host takes to run its own code unchanged)."""
+    return transform is not None and transform.num_keep(num_tokens) < num_tokens
+
+
+def reduce_tokens(x: Tensor, state: TokenState, transform: TokenTransform,
+                  recovery: Optional[TokenRecovery], num_prefix: int,
+                  captured: Captured = Captured()) -> Tuple[Tensor, TokenState]:
+    """Apply ``transform`` to ``x`` (``[B, P + N, C]``): the reduced tokens and the new state."""
+    out = transform(x, state.sizes, num_prefix=num_prefix, scores=captured.scores,
+                    metric=captured.keys, validate_sizes=False,   # sizes from our own reductions
+                    grid_size=state.grid)
+    if out.matrix is None:
+        return x, state
+    index, relation = state.index, state.relation
+    if recovery is not None and recovery.soft:
+        relation = recovery.compose_relation(relation, recovery.relation(x, out.tokens, num_prefix))
+    elif recovery is not None:
+        step = recovery.index(x, out.tokens, num_prefix, out.matrix)
+        index = recovery.compose(index, step)
+    return out.tokens, TokenState(out.sizes, index, relation, transform.reduced_grid(state.grid))
+
+
+def weighted_mean(x: Tensor, sizes: Optional[Tensor], num_prefix: int) -> Tensor:
+    """Mean of the non-prefix tokens of ``x`` (``[B, P + M, C]``), each counted ``size`` times:
+    ``[B, C]``."""
+    tokens = x[:, num_prefix:]
+    if sizes is None:
+        return tokens.mean(dim=1)
+    weights = sizes[:, num_prefix:, None].to(x.dtype)
+    return (tokens * weights).sum(dim=1) / weights.sum(dim=1)
+
+
+def check_recovery(token_recovery: Optional[dict], needed: bool, why: str) -> None:
+    """A backbone whose outputs need the full token grid must have a ``token_recovery``."""
+    if needed and token_recovery is None:
+        raise ValueError(f'token_recovery is required: {why}')
+
+
+def check_reduce_layers(key: str, layers: Sequence[int], depth: int, what: str) -> Tuple[int, ...]:
+    """``layers`` as sorted unique indices in ``[0, depth)``; ``what`` names the depth in the
+    error (e.g. ``'num_layers=12'``)."""
+    layers = check_layers(key, layers)
+    bad = [i for i in layers if not 0 <= i < depth]
+    if bad:
+        raise ValueError(f'{key}={bad} out of range for {what}')
+    return tuple(layers)
+
+

@@ -1,0 +1,94 @@
+"""Token Transforming inside windowed attention: each ``window x window`` window of a token map
+becomes a ``grid x grid`` window (see :mod:`mmtt.models.backbones.swin` for the layout, the
+position and size bias, and padding). Pure tensor code over :mod:`mmtt.functional.windows`;
+no host import, so any windowed backbone can use it.
+"""
+from typing import NamedTuple, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..functional.token_matrix import DENSE, TokenMatrix
+from ..functional.windows import grid_queries, grid_recover, grid_transform, window_partition, window_reverse
+from .token_recovery import TokenRecovery
+from .token_transform import TokenTransform
+
+
+def pad_to(size: int, window: int) -> int:
+    return -(-size // window) * window
+
+
+class WindowGrid(NamedTuple):
+    """A stage's tokens after its reduction; made by :class:`WindowTokenTransform`.
+
+    Attributes:
+        size: ``(H, W)`` of the full map; ``padded``: ``(Hp, Wp)``, whole windows.
+        window, grid: sides of the host's and of the reduced windows.
+        sizes: ``[B, Hr, Wr]`` token sizes s (eq. 8).
+        anchors: ``[B, Hr, Wr, 2]`` long, position of each token's query in the padded map.
+        index: ``[B * nW, window**2]``, recovery index of each original token (eq. 9).
+    """
+    size: Tuple[int, int]
+    padded: Tuple[int, int]
+    window: int
+    grid: int
+    sizes: Tensor
+    anchors: Tensor
+    index: Tensor
+
+    @property
+    def reduced_size(self) -> Tuple[int, int]:
+        return (self.padded[0] // self.window * self.grid, self.padded[1] // self.window * self.grid)
+
+    def recover(self, x: Tensor) -> Tensor:
+        """``[B, Hr * Wr, C]`` -> ``[B, H * W, C]`` (eq. 10)."""
+        full = grid_recover(x.view(x.shape[0], *self.reduced_size, -1), self.index, self.window,
+                            self.grid, self.padded, self.size)
+        return full.reshape(x.shape[0], -1, x.shape[-1])
+
+
+class WindowTokenTransform(nn.Module):
+    """Reduces every ``window x window`` window to ``grid x grid`` tokens; no parameters.
+
+    Args:
+        transform: the ``TokenTransform`` holding kappa, tau, similarity, orphans, selection.
+        recovery: the ``TokenRecovery`` whose index (eq. 9) the stage recovers with.
+        window, grid: sides of the host's and of the reduced windows.
+    """
+
+    def __init__(self, transform: TokenTransform, recovery: TokenRecovery, window: int,
+                 grid: int) -> None:
+        super().__init__()
+        self.transform, self.recovery = transform, recovery
+        self.window, self.grid = window, grid
+
+    def forward(self, x: Tensor, size: Tuple[int, int],
+                scores: Optional[Tensor] = None) -> Tuple[Tensor, WindowGrid]:
+        """``x: [B, H * W, C]``, ``scores: [B, Hp, Wp]`` -> ``([B, Hr * Wr, C], WindowGrid)``."""
+        t, window, grid = self.transform, self.window, self.grid
+        b, c = x.shape[0], x.shape[-1]
+        h, w = size
+        hp, wp = pad_to(h, window), pad_to(w, window)
+        pad = (0, 0, 0, wp - w, 0, hp - h)
+        windows = window_partition(F.pad(x.reshape(b, h, w, c), pad), window)
+        valid = window_partition(F.pad(x.new_ones(b, h, w, 1), pad), window)[..., 0]
+        win_scores = None if scores is None else window_partition(scores[..., None], window)[..., 0]
+        queries = grid_queries(win_scores, valid > 0, window, grid)
+        weight, sizes = grid_transform(windows, queries, t.kappa, t.tau, valid,
+                                       similarity_kind=t.similarity, orphans=t.orphans)
+        matrix = TokenMatrix(DENSE, window * window, grid * grid, sizes, weight=weight)
+        reduced = matrix.apply(windows)
+        index = self.recovery.index(windows, reduced, 0, matrix)
+        coords = torch.stack(torch.meshgrid(torch.arange(hp, device=x.device),
+                                            torch.arange(wp, device=x.device), indexing='ij'), -1)
+        anchors = window_partition(coords.expand(b, -1, -1, -1), window).gather(
+            1, queries[..., None].expand(-1, -1, 2))
+        hr, wr = hp // window * grid, wp // window * grid
+        out = WindowGrid((h, w), (hp, wp), window, grid,
+                         window_reverse(sizes[..., None], grid, hr, wr)[..., 0],
+                         window_reverse(anchors, grid, hr, wr), index)
+        return window_reverse(reduced, grid, hr, wr).reshape(b, hr * wr, c), out
+
+    def extra_repr(self) -> str:
+        return f'window={self.window}, grid={self.grid}'

@@ -1,0 +1,39 @@
+"""Versions are checked per host: a host outside its supported range stops only its own use."""
+import subprocess
+import sys
+
+import pytest
+
+from mmtt import compat
+
+# Runs in a fresh interpreter in which importlib.metadata reports mmdet 9.0.0.
+FAKE_MMDET = """
+import importlib.metadata as metadata
+real = metadata.version
+metadata.version = lambda package: '9.0.0' if package == 'mmdet' else real(package)
+import sys
+import mmtt, mmtt.patch.timm
+from mmseg.registry import MODELS
+assert MODELS.get('TokenVisionTransformer') is not None   # the supported host registered
+assert 'mmtt.models.backbones.swin' not in sys.modules     # the unsupported one was skipped
+try:
+    import mmtt.models.backbones.swin
+except ImportError as e:
+    print(e)
+"""
+
+
+def test_an_unsupported_host_does_not_stop_the_others():
+    proc = subprocess.run([sys.executable, '-c', FAKE_MMDET], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert 'mmdet 9.0.0 is installed; mmtt supports mmdet>=3.3.0,<3.4.0' in proc.stdout
+
+
+def test_check_versions_names_the_package_and_the_range(monkeypatch):
+    monkeypatch.setattr(compat, 'version', lambda package: '0.1.0' if package == 'timm' else '2.5.0')
+    assert compat.version_problems('timm') == ['timm 0.1.0 is installed; mmtt supports timm>=1.0.0,<2.0.0']
+    assert not compat.host_supported('timm')
+    with pytest.raises(ImportError, match='timm 0.1.0 is installed'):
+        compat.check_versions('timm')
+    compat.check_versions('torch')   # 2.5.0 is in range
