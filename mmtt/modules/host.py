@@ -6,13 +6,14 @@ a new one beside its tokens, and the model hands it to the next block: nothing a
 is written on a module, so one model serves concurrent threads, and a block recomputed by
 ``torch.utils.checkpoint`` sees the same state it saw the first time.
 """
-from typing import NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch.nn.functional as F
 from torch import Tensor
 
 from ..functional import attention_with_scores
-from ..functional._checks import check_layers
+from ..functional._checks import check_kwargs, check_layers
+from .methods import default_metric
 from .token_recovery import TokenRecovery
 from .token_transform import TokenTransform
 
@@ -153,3 +154,57 @@ def check_reduce_layers(key: str, layers: Sequence[int], depth: int, what: str) 
     return tuple(layers)
 
 
+class PatchSettings(NamedTuple):
+    """What an ``apply_patch`` resolved from its arguments (see :func:`patch_settings`).
+
+    Attributes:
+        key: the argument name the layers came under (``'reduce_layers'`` or ``'layers'``).
+        reduce_layers: sorted block indices.
+        transform: ``TokenTransform`` arguments, already checked.
+        keys: compare head-averaged keys (the resolved ``metric`` is ``'keys'``).
+        recovery: the ``TokenRecovery`` for ``recover``, or None.
+    """
+    key: str
+    reduce_layers: Tuple[int, ...]
+    transform: Dict[str, Any]
+    keys: bool
+    recovery: Optional[TokenRecovery]
+
+    def transform_for(self, index: int, depth: int) -> Optional[TokenTransform]:
+        """The transform of block ``index`` of ``depth`` (per-block method schedules applied), or
+        None where the block does not reduce."""
+        if index not in self.reduce_layers:
+            return None
+        return TokenTransform(**self.transform).for_layer(index, depth)
+
+
+def patch_settings(presets: Mapping[str, dict], depth: int, what: str, *, method: str,
+                   keep_ratio: float, reduce_layers: Optional[Sequence[int]], kappa: float,
+                   tau: float, metric: Optional[str], preset: Optional[str],
+                   recover: Union[bool, str] = False, layers: Optional[Sequence[int]] = None,
+                   transform_kwargs: Optional[Mapping[str, Any]] = None) -> PatchSettings:
+    """The arguments every ``apply_patch`` shares, checked: ``preset`` (from ``presets``, overriding
+    ``keep_ratio`` and ``reduce_layers``), ``layers`` (the earlier name of ``reduce_layers``),
+    ``metric`` (default from the method table), the layer indices against ``depth`` (``what``
+    names it in the error), every ``TokenTransform`` setting (checked even when no block
+    reduces: a typo must not pass silently) and ``recover`` (True: eq. 9, or a recovery mode)."""
+    if layers is not None:
+        reduce_layers = layers
+    if preset is not None:
+        if preset not in presets:
+            raise ValueError(f'unknown preset={preset!r}; choose one of {sorted(presets)}')
+        keep_ratio, reduce_layers = presets[preset]['keep_ratio'], presets[preset]['reduce_layers']
+    key = 'layers' if layers is not None else 'reduce_layers'
+    if reduce_layers is None:
+        raise ValueError(f'{key}=None: give the blocks to reduce after, or a preset '
+                         f'({", ".join(sorted(presets))})')
+    metric = metric or default_metric(method)
+    if metric not in ('hidden', 'keys'):
+        raise ValueError(f"unknown metric={metric!r}; choose 'hidden' or 'keys'")
+    reduce_layers = check_reduce_layers(key, reduce_layers, depth, what)
+    transform_kwargs = dict(transform_kwargs or {})
+    check_kwargs('apply_patch', transform_kwargs, TokenTransform.__init__)
+    settings = dict(keep_ratio=keep_ratio, method=method, kappa=kappa, tau=tau, **transform_kwargs)
+    TokenTransform(**settings)
+    recovery = TokenRecovery('nearest' if recover is True else recover) if recover else None
+    return PatchSettings(key, reduce_layers, settings, metric == 'keys', recovery)

@@ -27,18 +27,16 @@ import torch
 from torch import Tensor
 
 from ..functional import size_bias
-from ..functional._checks import check_kwargs
 from ..modules import TokenRecovery, TokenTransform
 from ..modules.host import (
     BlockSettings,
     Capture,
     TokenState,
     attend,
-    check_reduce_layers,
+    patch_settings,
     reduce_tokens,
     reduces,
 )
-from ..modules.methods import default_metric
 
 with warnings.catch_warnings():
     warnings.simplefilter('ignore', FutureWarning)   # tlt's imports of timm's old paths
@@ -133,35 +131,26 @@ def apply_patch(model: LV_ViT, method: str = 'transform', keep_ratio: float = 0.
         raise ValueError(f'model must be a tlt LV_ViT, got {type(model).__name__}')
     if isinstance(model, TokenLV_ViT):
         raise ValueError('model is already patched; call remove_patch(model) first')
-    if preset is not None:
-        if preset not in PRESETS:
-            raise ValueError(f'unknown preset={preset!r}; choose one of {sorted(PRESETS)}')
-        keep_ratio, reduce_layers = PRESETS[preset]['keep_ratio'], PRESETS[preset]['reduce_layers']
-    metric = metric or default_metric(method)
-    if metric not in ('hidden', 'keys'):
-        raise ValueError(f"unknown metric={metric!r}; choose 'hidden' or 'keys'")
     depth = len(model.blocks)
-    reduce_layers = check_reduce_layers('reduce_layers', reduce_layers, depth,
-                                        f'a model with {depth} blocks')
     for i, block in enumerate(model.blocks):
         if type(block) is not Block or type(block.attn) is not Attention:
             raise ValueError(f'block {i} is {type(block).__name__}; apply_patch supports tlt Block '
                              'with tlt Attention')
-    check_kwargs('apply_patch', transform_kwargs, TokenTransform.__init__)
-    settings = dict(keep_ratio=keep_ratio, method=method, kappa=kappa, tau=tau, **transform_kwargs)
-    TokenTransform(**settings)   # checked even when no block reduces
-    recovery = TokenRecovery('nearest' if recover is True else recover) if recover else None
-    block_settings = BlockSettings(1, recovery, metric == 'keys')
-    fused = bool(reduce_layers) and keep_ratio < 1
+    patch = patch_settings(PRESETS, depth, f'a model with {depth} blocks', method=method,
+                           keep_ratio=keep_ratio, reduce_layers=reduce_layers, kappa=kappa, tau=tau,
+                           metric=metric, preset=preset, recover=recover,
+                           transform_kwargs=transform_kwargs)
+    block_settings = BlockSettings(1, patch.recovery, patch.keys)
+    fused = bool(patch.reduce_layers) and patch.transform['keep_ratio'] < 1
     for i, block in enumerate(model.blocks):
         block.__class__ = TokenLVBlock
-        block.token_transform = TokenTransform(**settings) if i in reduce_layers else None
+        block.token_transform = patch.transform_for(i, depth)
         block._mmtt = block_settings
         block.attn.__class__ = TokenLVAttention
         block.attn._mmtt_fused = fused
     model.__class__ = TokenLV_ViT
     model._mmtt_recover = bool(recover)
-    model.token_recovery = recovery
+    model.token_recovery = patch.recovery
     return model
 
 

@@ -23,14 +23,13 @@ from timm.models.vision_transformer import Block, VisionTransformer
 from torch import Tensor
 
 from ..functional import size_bias
-from ..functional._checks import check_kwargs
-from ..modules import TokenRecovery, TokenTransform, default_metric
+from ..modules import TokenRecovery, TokenTransform
 from ..modules.host import (
     BlockSettings,
     Capture,
     TokenState,
     attend,
-    check_reduce_layers,
+    patch_settings,
     reduce_tokens,
     reduces,
     weighted_mean,
@@ -259,39 +258,26 @@ def apply_patch(model: VisionTransformer, method: str = 'transform', keep_ratio:
         raise ValueError(f'model must be a timm VisionTransformer, got {type(model).__name__}')
     if isinstance(model, TokenModelMixin):
         raise ValueError('model is already patched; call remove_patch(model) first')
-    if layers is not None:
-        reduce_layers = layers
-    if preset is not None:
-        if preset not in PRESETS:
-            raise ValueError(f'unknown preset={preset!r}; choose one of {sorted(PRESETS)}')
-        keep_ratio, reduce_layers = PRESETS[preset]['keep_ratio'], PRESETS[preset]['reduce_layers']
-    metric = metric or default_metric(method)
-    if metric not in ('hidden', 'keys'):
-        raise ValueError(f"unknown metric={metric!r}; choose 'hidden' or 'keys'")
     depth = len(model.blocks)
-    key = 'layers' if layers is not None else 'reduce_layers'
-    reduce_layers = check_reduce_layers(key, reduce_layers, depth, f'a model with {depth} blocks')
     for i, block in enumerate(model.blocks):
         if type(block) is not Block or type(block.attn) is not Attention:
             raise ValueError(f'block {i} is {type(block).__name__} with {type(block.attn).__name__}; '
                              'apply_patch supports timm Block with timm.layers.Attention')
-    # Settings are checked even when no layer reduces: a typo must not pass silently.
-    check_kwargs('apply_patch', transform_kwargs, TokenTransform.__init__)
-    settings = dict(keep_ratio=keep_ratio, method=method, kappa=kappa, tau=tau, **transform_kwargs)
-    TokenTransform(**settings)
-    recovery = TokenRecovery('nearest' if recover is True else recover) if recover else None
-    block_settings = BlockSettings(model.num_prefix_tokens, recovery, metric == 'keys')
+    patch = patch_settings(PRESETS, depth, f'a model with {depth} blocks', method=method,
+                           keep_ratio=keep_ratio, reduce_layers=reduce_layers, kappa=kappa, tau=tau,
+                           metric=metric, preset=preset, recover=recover, layers=layers,
+                           transform_kwargs=transform_kwargs)
+    block_settings = BlockSettings(model.num_prefix_tokens, patch.recovery, patch.keys)
     for i, block in enumerate(model.blocks):
         block.__class__ = TokenBlock
-        block.token_transform = (TokenTransform(**settings).for_layer(i, depth)
-                                 if i in reduce_layers else None)
+        block.token_transform = patch.transform_for(i, depth)
         block._mmtt = block_settings
-        if i in reduce_layers:
+        if i in patch.reduce_layers:
             block.attn.__class__ = TokenAttention
     model._mmtt_base = type(model)
     model.__class__ = _token_class(type(model))
     model._mmtt_recover = bool(recover)
-    model.token_recovery = recovery
+    model.token_recovery = patch.recovery
     return model
 
 

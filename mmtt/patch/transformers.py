@@ -46,18 +46,16 @@ from transformers.models.clip.modeling_clip import (
 from transformers.utils import can_return_tuple
 
 from ..functional import size_bias
-from ..functional._checks import check_kwargs
 from ..modules import TokenTransform
 from ..modules.host import (
     BlockSettings,
     Capture,
     TokenState,
     attend,
-    check_reduce_layers,
+    patch_settings,
     reduce_tokens,
     reduces,
 )
-from ..modules.methods import default_metric
 
 # LLaVA-1.5 (CLIP ViT-L/14 at 336 px: 24 layers, 576 patches, features from the output of
 # layer 22). The paper does not state its schedule; Table 5 compares at "comparable compression"
@@ -443,21 +441,12 @@ def apply_patch(model: nn.Module, method: str = 'transform', keep_ratio: float =
         The same model object, patched.
     """
     vision, encoder, llava = _vision_parts(model)
-    if layers is not None:
-        reduce_layers = layers
-    if preset is not None:
-        if preset not in PRESETS:
-            raise ValueError(f'unknown preset={preset!r}; choose one of {sorted(PRESETS)}')
-        keep_ratio, reduce_layers = PRESETS[preset]['keep_ratio'], PRESETS[preset]['reduce_layers']
-    key = 'layers' if layers is not None else 'reduce_layers'
-    if reduce_layers is None:
-        raise ValueError(f'reduce_layers=None: give the encoder layers to reduce after, or a '
-                         f'preset ({", ".join(sorted(PRESETS))})')
-    metric = metric or default_metric(method)
-    if metric not in ('hidden', 'keys'):
-        raise ValueError(f"unknown metric={metric!r}; choose 'hidden' or 'keys'")
     depth = len(encoder.layers)
-    reduce_layers = check_reduce_layers(key, reduce_layers, depth, f'a vision tower with {depth} layers')
+    patch = patch_settings(PRESETS, depth, f'a vision tower with {depth} layers', method=method,
+                           keep_ratio=keep_ratio, reduce_layers=reduce_layers, kappa=kappa, tau=tau,
+                           metric=metric, preset=preset, layers=layers,
+                           transform_kwargs=transform_kwargs)
+    key, reduce_layers = patch.key, patch.reduce_layers
     if llava is not None:
         first = _feature_depth(llava, depth)
         late = [i for i in reduce_layers if i >= first]
@@ -471,14 +460,10 @@ def apply_patch(model: nn.Module, method: str = 'transform', keep_ratio: float =
                              f'{type(layer.self_attn).__name__} (attn_implementation='
                              f'{vision.config._attn_implementation!r}); apply_patch supports '
                              "CLIPEncoderLayer with 'sdpa' or 'eager' attention")
-    # Settings are checked even when no layer reduces: a typo must not pass silently.
-    check_kwargs('apply_patch', transform_kwargs, TokenTransform.__init__)
-    settings = dict(keep_ratio=keep_ratio, method=method, kappa=kappa, tau=tau, **transform_kwargs)
-    TokenTransform(**settings)
-    block_settings = BlockSettings(num_prefix=1, recovery=None, keys=metric == 'keys')
+    block_settings = BlockSettings(num_prefix=1, recovery=None, keys=patch.keys)
     for i, layer in enumerate(encoder.layers):
         _set_class(layer, TokenCLIPEncoderLayer)
-        layer.token_transform = TokenTransform(**settings) if i in reduce_layers else None
+        layer.token_transform = patch.transform_for(i, depth)
         layer._mmtt = block_settings
         if i in reduce_layers:
             _set_class(layer.self_attn, _ATTENTION[type(layer.self_attn)])
