@@ -8,7 +8,7 @@ from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
 from ..checkpoint import check_backbone_keys, checkpoint_shapes
-from ..runtime import load_config, prepare_runtime
+from ..runtime import finish_runtime, load_config, prepare_runtime
 from ._cli import exits_on_user_error
 
 
@@ -111,7 +111,9 @@ def main(argv=None) -> dict:
     runner = Runner.from_cfg(cfg)
     if not args.non_strict:
         check_backbone_keys(runner.model, shapes, args.checkpoint)
-    return runner.test()
+    metrics = runner.test()
+    finish_runtime()   # a CPU process of dist_test.sh ends here
+    return metrics
 
 
 if __name__ == '__main__':

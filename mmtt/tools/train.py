@@ -5,7 +5,7 @@ import os
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
-from ..runtime import load_config, prepare_runtime
+from ..runtime import finish_runtime, load_config, prepare_runtime
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -40,6 +40,7 @@ def build_train_config(args: argparse.Namespace) -> Config:
 def main(argv=None) -> None:
     args = parse_args(argv)
     Runner.from_cfg(build_train_config(args)).train()
+    finish_runtime()   # a CPU process of dist_train.sh ends here
 
 
 if __name__ == '__main__':
