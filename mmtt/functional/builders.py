@@ -127,6 +127,13 @@ def transform_matrix(x: Tensor, scores: Tensor, num_keep: int, kappa: float, tau
 def _checked_queries(x: Tensor, scores: Tensor, num_keep: int, kappa: float, tau: float,
                      sizes: Optional[Tensor], orphans: str) -> Tensor:
     """Check the arguments of a transform and return its informative tokens ``[B, M, C]``."""
+    _check_transform_args(x, scores, num_keep, kappa, tau, sizes, orphans)
+    keep = scores.topk(num_keep, dim=1).indices
+    return x.gather(1, keep[..., None].expand(-1, -1, x.shape[-1]))
+
+
+def _check_transform_args(x: Tensor, scores: Tensor, num_keep: int, kappa: float, tau: float,
+                          sizes: Optional[Tensor], orphans: str) -> None:
     check_tensor('x', x, 3)
     check_floating('x', x)
     check_tensor('scores', scores, 2, x.shape[:2])
@@ -135,8 +142,6 @@ def _checked_queries(x: Tensor, scores: Tensor, num_keep: int, kappa: float, tau
     check_kappa(kappa)
     check_tau(tau)
     check_choice('orphans', orphans, ORPHAN_RULES)
-    keep = scores.topk(num_keep, dim=1).indices
-    return x.gather(1, keep[..., None].expand(-1, -1, x.shape[-1]))
 
 
 def _gated_logits(logits: Tensor, kappa: float, tau: float) -> Tuple[Tensor, Tensor, Tensor]:
@@ -256,7 +261,7 @@ def transform_token_matrix(x: Tensor, scores: Tensor, num_keep: int, kappa: floa
     if top_k is not None:
         check_top_k(top_k)
     if mixed and similarity_kind == 'cosine':
-        queries, logits = _mixed_queries_and_logits(x, scores, num_keep, kappa, tau, sizes, orphans)
+        logits = _mixed_logits(x, scores, num_keep, kappa, tau, sizes, orphans)
     else:
         if mixed:
             scores = mixed_scores(scores, x)
@@ -267,12 +272,11 @@ def transform_token_matrix(x: Tensor, scores: Tensor, num_keep: int, kappa: floa
     return _top_k_matrix(logits, kappa, tau, sizes, orphans, top_k)
 
 
-def _mixed_queries_and_logits(x: Tensor, informative: Tensor, num_keep: int, kappa: float,
-                              tau: float, sizes: Optional[Tensor],
-                              orphans: str) -> Tuple[Tensor, Tensor]:
+def _mixed_logits(x: Tensor, informative: Tensor, num_keep: int, kappa: float, tau: float,
+                  sizes: Optional[Tensor], orphans: str) -> Tensor:
     """:func:`mixed_scores` selection and ``tau * cos`` to the chosen queries, ``[B, N, M]``,
     from one ``[B, N, N]`` cosine similarity."""
-    _checked_queries(x, informative, num_keep, kappa, tau, sizes, orphans)   # argument checks
+    _check_transform_args(x, informative, num_keep, kappa, tau, sizes, orphans)
     unit = F.normalize(x.to(_work_dtype(x)), dim=-1)
     cos = _float_matmul(unit, unit.transpose(1, 2))
     if cos.requires_grad or torch.jit.is_tracing():   # (an exporter loses writes to a view)
@@ -286,8 +290,7 @@ def _mixed_queries_and_logits(x: Tensor, informative: Tensor, num_keep: int, kap
         diagonal.copy_(self_cos)
     keep = _rank_sum(informative, distinct).topk(num_keep, dim=1).indices
     logits = cos.gather(2, keep[:, None, :].expand(-1, cos.shape[1], -1))
-    logits = logits.mul_(tau) if not logits.requires_grad else logits * tau
-    return x.gather(1, keep[..., None].expand(-1, -1, x.shape[-1])), logits
+    return logits.mul_(tau) if not logits.requires_grad else logits * tau
 
 
 def prune_matrix(scores: Tensor, num_keep: int, sizes: Optional[Tensor] = None) -> TokenMatrix:
