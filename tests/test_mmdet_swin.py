@@ -28,6 +28,7 @@ from mmtt.modules.host import Capture as ScoreRequest
 from mmtt.modules.window_transform import WindowTokenTransform
 
 CONFIGS = [REPO / 'configs/dino/dino_tt_swin-l_coco.py', REPO / 'configs/dino/dino_tt_swin-l_coco_36e.py']
+HOURGLASS = REPO / 'configs/dino/dino_hourglass_swin-l_coco.py'
 
 
 def build(cfg):
@@ -124,6 +125,37 @@ def test_window_transform_with_padding_recovers_cell_constant_maps_exactly():
     assert torch.allclose(per_window, real.expand(2, 2, 3), atol=1e-4)
 
 
+def test_window_hourglass_clusters_each_window_and_padding_takes_no_part():
+    """Hourglass per window: on whole windows each window is hourglass_matrix of its own tokens;
+    with padding, a window's sizes add up to its real tokens; 'reconstruct' rebuilds each
+    token from its window's centres by the reconstruction relation."""
+    from mmtt.functional import hourglass_matrix, reconstruction_relation
+    transform = TokenTransform(keep_ratio=25 / 49, method='hourglass', cluster_iters=3,
+                               cluster_temperature=0.5)
+    recovery = TokenRecovery('reconstruct', k=4, temperature=0.5)
+    module = WindowTokenTransform(transform, recovery, window=7, grid=5)
+    x = torch.randn(2, 14 * 21, 8, dtype=torch.float64)
+    reduced, grid = module(x, (14, 21))
+    windows = W.window_partition(x.view(2, 14, 21, 8), 7)                  # [12, 49, 8]
+    ref = hourglass_matrix(windows, (7, 7), (5, 5), iterations=3, temperature=0.5)
+    slots = W.window_partition(reduced.view(2, 10, 15, 8), 5)
+    assert torch.allclose(slots, ref.apply(windows), atol=1e-12)
+    assert torch.allclose(W.window_partition(grid.sizes[..., None], 5)[..., 0], ref.sizes, atol=1e-12)
+    relation = reconstruction_relation(windows, slots, 4, 0.5)
+    rebuilt = W.window_reverse(relation @ slots, 7, 14, 21).reshape(2, -1, 8)
+    assert grid.index is None and torch.allclose(grid.recover(reduced), rebuilt, atol=1e-12)
+    # Anchors: the token nearest each cell's centre, in the padded map's coordinates.
+    cells = W.grid_queries(None, torch.ones(1, 49, dtype=torch.bool), 7, 5)[0]
+    assert torch.equal(grid.anchors[0, :5, :5].reshape(-1, 2),
+                       torch.stack([cells // 7, cells % 7], -1))
+    x = torch.randn(2, 11 * 16, 8)                                          # pads to 14 x 21
+    reduced, grid = module(x, (11, 16))
+    per_window = W.window_partition(grid.sizes[..., None], 5)[..., 0].sum(-1).view(2, 2, 3)
+    real = torch.tensor([7.0, 4])[:, None] * torch.tensor([7.0, 7, 2])[None, :]
+    assert torch.allclose(per_window, real.expand(2, 2, 3), atol=1e-4)
+    assert (grid.sizes > 0).all() and torch.isfinite(grid.recover(reduced)).all()
+
+
 # ---- the backbone ----
 
 def test_state_dict_is_mmdets_and_reduction_off_is_exact():
@@ -183,6 +215,26 @@ def test_reduced_backbone_outputs_full_resolution_at_every_stage(selection, reco
         assert not torch.allclose(got[1], want[1])   # stage 1 was reduced
 
 
+def test_hourglass_backbone_outputs_full_resolution_and_trains_with_checkpointing():
+    torch.manual_seed(0)
+    ref = build(dict(TINY_SWIN, type='SwinTransformer'))
+    hourglass = dict(token_transform=dict(type='TokenTransform', method='hourglass', cluster_iters=3),
+                     token_recovery=dict(type='TokenRecovery', mode='reconstruct', k=9))
+    ours = build(tt_swin(**hourglass, reduce_layers=[0, 3, 4, 7]))
+    ours.load_state_dict(ref.state_dict())
+    for shape in [(2, 3, 97, 61), (1, 3, 56, 56)]:
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            want, got = ref(x), ours(x)
+        assert [o.shape for o in got] == [o.shape for o in want]
+        assert all(torch.isfinite(o).all() for o in got)
+        assert not torch.allclose(got[1], want[1])
+    trained = build(tt_swin(**hourglass, with_cp=True))
+    trained.train()
+    sum(o.square().mean() for o in trained(torch.randn(2, 3, 64, 72, requires_grad=True))).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in trained.parameters())
+
+
 def test_reduced_backbone_trains_with_checkpointing():
     torch.manual_seed(0)
     ours = build(tt_swin(with_cp=True))
@@ -202,6 +254,8 @@ def test_reduced_backbone_trains_with_checkpointing():
     (dict(reduced_window_size=4.5), 'reduced_window_size=4.5'),
     (dict(token_transform=dict(type='TokenTransform', keep_ratio=0.7)), 'token_transform.keep_ratio=0.7'),
     (dict(token_transform=dict(type='TokenTransform', method='tome')), "token_transform.method='tome'"),
+    (dict(token_transform=dict(type='TokenTransform', method='hourglass', cluster_window=2)),
+     'cluster_window=2'),
     (dict(token_transform=dict(type='TokenTransform', selection='cls')), "token_transform.selection='cls'"),
     (dict(token_transform=dict(type='TokenTransform', tau=0)), 'tau=0'),
     (dict(token_transform=dict(type='TokenTransform', top_k=4)), 'token_transform.top_k=4'),
@@ -237,6 +291,22 @@ def test_shipped_configs_build_and_run_with_tiny_overrides():
         with torch.no_grad():
             cls_scores, boxes = DetTensorForward(model)(torch.randn(1, 3, 70, 101))
         assert torch.isfinite(boxes).all() and cls_scores.shape[-1] == 2
+
+
+def test_hourglass_config_is_expedits_operating_point_and_runs_with_tiny_overrides():
+    backbone = Config.fromfile(str(HOURGLASS)).model.backbone
+    tt = Config.fromfile(str(CONFIGS[0])).model.backbone
+    # Expedit-DINO's dino_hourglass_swin_large_384: 12 x 12 windows clustered to 8 x 8, 3 rounds,
+    # 5 x 5 neighbourhood, 1 / temperture = 0.01, reconstruction k 25.
+    assert backbone.type == tt.type and backbone.reduced_window_size == 8
+    assert backbone.token_transform == dict(type='TokenTransform', method='hourglass', cluster_iters=3,
+                                            cluster_window=5, cluster_temperature=0.01)
+    assert backbone.token_recovery == dict(type='TokenRecovery', mode='reconstruct', k=25,
+                                           temperature=0.01)
+    model = build(tiny_shipped(HOURGLASS, reduce_layers=[4]).model)
+    with torch.no_grad():
+        cls_scores, boxes = DetTensorForward(model)(torch.randn(1, 3, 70, 101))
+    assert torch.isfinite(boxes).all() and cls_scores.shape[-1] == 2
 
 
 def test_flops_count_the_detector_and_the_reduction_saves():

@@ -147,6 +147,26 @@ def test_top_k_counts_k_multiply_adds_per_token_channel_in_the_flop_counter():
     assert torch.allclose(Host(m)(x), Host(None)(x), atol=1e-5)   # k = M: the dense result
 
 
+def test_nearest_recovery_and_hourglass_distances_are_counted_as_their_products():
+    from mmtt.analysis import count_flops
+    from mmtt.functional import nearest_recovery_index
+    from mmtt.functional.peers import reconstruction_relation
+
+    class Pair(torch.nn.Module):
+        def __init__(self, fn):
+            super().__init__()
+            self.fn = fn
+
+        def forward(self, x, y):
+            return self.fn(x, y)
+
+    b, n, m, c = 2, 30, 12, 8
+    x, y = torch.randn(b, n, c), torch.randn(b, m, c)
+    for fn in (nearest_recovery_index, reconstruction_relation):
+        report = count_flops(Pair(fn), (x, y))
+        assert report.total == b * n * m * c and 'aten::baddbmm' not in report.uncounted
+
+
 def test_bad_call_names_the_argument():
     t = TokenTransform(keep_ratio=0.5)
     x = tokens()

@@ -26,7 +26,7 @@ def rand(*shape, seed=0):
 def test_table_is_the_one_source_of_method_facts():
     assert METHODS == tuple(METHOD_SPECS) == ('transform', 'prune', 'evit', 'tome', 'tps',
                                              'pitome', 'hourglass')
-    assert WINDOW_METHODS == ('transform',)
+    assert WINDOW_METHODS == ('transform', 'hourglass')
     assert {m: default_metric(m) for m in METHODS} == dict(
         transform='hidden', prune='hidden', evit='hidden', tome='keys', tps='hidden',
         pitome='keys', hourglass='hidden')
@@ -45,7 +45,8 @@ def test_table_is_the_one_source_of_method_facts():
 
 
 @pytest.mark.parametrize('key,value,method', [
-    ('top_k', 4, 'tps'), ('margin', 0.3, 'transform'), ('protect', False, 'tome')])
+    ('top_k', 4, 'tps'), ('margin', 0.3, 'transform'), ('protect', False, 'tome'),
+    ('cluster_iters', 3, 'transform'), ('cluster_temperature', 0.01, 'tome')])
 def test_options_of_one_method_are_refused_for_another_naming_key_and_value(key, value, method):
     with pytest.raises(ValueError) as info:
         TokenTransform(0.7, method=method, **{key: value})
@@ -57,6 +58,10 @@ def test_options_of_one_method_are_refused_for_another_naming_key_and_value(key,
     (dict(method='pitome', margin=1.5), 'margin=1.5'),
     (dict(method='pitome', protect='yes'), "protect='yes'"),
     (dict(method='nope'), "method='nope'"),
+    (dict(method='hourglass', cluster_iters=0), 'cluster_iters=0'),
+    (dict(method='hourglass', cluster_iters=2.5), 'cluster_iters=2.5'),
+    (dict(method='hourglass', cluster_window=4), 'cluster_window=4'),
+    (dict(method='hourglass', cluster_temperature=float('inf')), 'cluster_temperature=inf'),
 ])
 def test_bad_settings_are_named(kwargs, needle):
     with pytest.raises(ValueError) as info:
@@ -274,7 +279,7 @@ def test_mmseg_and_dpt_hosts_reduce_and_output_the_full_grid(method):
     assert torch.isfinite(depth[0].pred_depth_map.data).all()
 
 
-@pytest.mark.parametrize('method', ['tps', 'pitome', 'hourglass'])
+@pytest.mark.parametrize('method', ['tps', 'pitome'])
 def test_swin_says_the_method_is_not_supported_in_windows(method):
     from tiny_coco import TINY_SWIN, TINY_TT
 
@@ -283,7 +288,7 @@ def test_swin_says_the_method_is_not_supported_in_windows(method):
     cfg['token_transform'] = dict(TINY_TT['token_transform'], method=method)
     with pytest.raises(ValueError) as info:
         build_in('mmdet', cfg)
-    assert f"method='{method}' is not supported in windows; use 'transform'" in str(info.value)
+    assert f"method='{method}' is not supported in windows; use 'transform' or 'hourglass'" in str(info.value)
 
 
 def test_tools_take_their_method_lists_from_the_table():
@@ -391,6 +396,17 @@ def test_hourglass_needs_the_grid_and_names_it():
     with pytest.raises(ValueError, match='grid_size=None'):
         reduce_tokens(pruned, state, t, None, 1)
     assert cluster_grid((40, 40), 0.49) == (28, 28) and cluster_grid((48, 48), 0.4444) == (32, 32)
+
+
+def test_module_passes_its_clustering_settings_to_the_builder():
+    x = rand(2, 1 + 48, 6, seed=12)
+    for settings, keywords in [({}, dict(iterations=5, window=5, temperature=0.02)),
+                               (dict(cluster_iters=2, cluster_window=3, cluster_temperature=0.3),
+                                dict(iterations=2, window=3, temperature=0.3))]:
+        out = TokenTransform(0.25, method='hourglass', **settings)(x, num_prefix=1, grid_size=(6, 8))
+        ref = hourglass_matrix(x[:, 1:], (6, 8), (3, 4), **keywords)
+        assert torch.allclose(out.tokens[:, 1:], ref.apply(x[:, 1:]), atol=1e-12)
+        assert torch.allclose(out.sizes[:, 1:], ref.sizes, atol=1e-12)
 
 
 def test_timm_host_clusters_the_patch_grid_and_reconstructs():

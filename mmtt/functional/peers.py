@@ -206,6 +206,17 @@ def check_grid_size(grid_size, num_tokens: int) -> Tuple[int, int]:
     return h, w
 
 
+def check_clustering(iterations: int, window: int, temperature: float,
+                     names: Tuple[str, str, str] = ('iterations', 'window', 'temperature')) -> None:
+    """Hourglass's clustering settings: k-means rounds (int >= 1), the neighbourhood of centres
+    (odd int >= 1) and the temperature (finite, > 0); ``names`` are the caller's keys."""
+    if not is_int(iterations) or iterations < 1:
+        raise ValueError(f'{names[0]}={iterations!r} must be an int >= 1 (k-means rounds)')
+    if not is_int(window) or window < 1 or window % 2 == 0:
+        raise ValueError(f'{names[1]}={window!r} must be an odd int >= 1 (neighbourhood of centres)')
+    _check_positive(names[2], temperature)
+
+
 def _sq_dist(x: Tensor, c: Tensor) -> Tensor:
     """``[B, N, M]`` squared L2 distances of ``x: [B, N, C]`` to ``c: [B, M, C]``, formed as
     Expedit's ``pairwise_dist`` (``|x|^2 + |c|^2 - 2 x.c``)."""
@@ -256,11 +267,7 @@ def hourglass_matrix(x: Tensor, grid_size: Tuple[int, int], clusters: Tuple[int,
         raise ValueError(f'clusters={clusters!r} must be (h\', w\') ints with 1 <= h\' <= {h}, '
                          f'1 <= w\' <= {w}')
     _check_sizes(sizes, x)
-    if not is_int(iterations) or iterations < 1:
-        raise ValueError(f'iterations={iterations!r} must be an int >= 1 (k-means rounds)')
-    if not is_int(window) or window < 1 or window % 2 == 0:
-        raise ValueError(f'window={window!r} must be an odd int >= 1 (neighbourhood of centres)')
-    _check_positive('temperature', temperature)
+    check_clustering(iterations, window, temperature)
     ch, cw = int(clusters[0]), int(clusters[1])
     batch, n, channels = x.shape
     work = _work_dtype(x)

@@ -149,18 +149,26 @@ def anchored_relative_bias(table: Tensor, anchors: Tensor, window: int) -> Tenso
     return table[index].permute(0, 3, 1, 2)
 
 
-def grid_recover(tokens: Tensor, index: Tensor, window: int, grid: int,
-                 padded: Tuple[int, int], size: Tuple[int, int]) -> Tensor:
+def grid_recover(tokens: Tensor, index: Optional[Tensor], window: int, grid: int,
+                 padded: Tuple[int, int], size: Tuple[int, int],
+                 relation: Optional[Tensor] = None) -> Tensor:
     """Eq. 10 per window: reduced map ``[B, Hr, Wr, C]`` -> full map ``[B, H, W, C]``.
 
     Args:
         tokens: the reduced map, ``Hr = Hp / window * grid`` (likewise Wr).
-        index: ``[B * nW, window**2]``: the slot of its window each original token takes.
+        index: ``[B * nW, window**2]``: the slot of its window each original token takes; or
+            None with ``relation``.
         padded: ``(Hp, Wp)``, the full map padded to whole windows.
         size: ``(H, W)``, the full map without padding.
+        relation: ``[B * nW, window**2, grid**2]``, a soft map instead of ``index`` (Hourglass's
+            reconstruction within each window): each original token is ``relation @ slots``.
     """
     check_tensor('tokens', tokens, 4)
     slots = window_partition(tokens, grid)
-    check_tensor('index', index, 2, (slots.shape[0], window * window))
-    full = slots.gather(1, index[..., None].expand(-1, -1, slots.shape[-1]))
+    if relation is not None:
+        check_tensor('relation', relation, 3, (slots.shape[0], window * window, grid * grid))
+        full = torch.bmm(relation.to(slots.dtype), slots)
+    else:
+        check_tensor('index', index, 2, (slots.shape[0], window * window))
+        full = slots.gather(1, index[..., None].expand(-1, -1, slots.shape[-1]))
     return window_reverse(full, window, *padded)[:, :size[0], :size[1]]

@@ -85,9 +85,20 @@ def _transform(t: 'TokenTransform', inp: BuildInput) -> TokenMatrix:
                                   mixed=t.selection == 'mixed')
 
 
+# Expedit-Segmenter's clustering settings for Segmenter-L, used where a config sets none.
+CLUSTER_DEFAULTS = dict(cluster_iters=5, cluster_window=5, cluster_temperature=0.02)
+
+
+def clustering(t: 'TokenTransform') -> dict:
+    """The transform's Hourglass settings as :func:`~mmtt.functional.hourglass_matrix` keywords."""
+    value = {k: CLUSTER_DEFAULTS[k] if getattr(t, k) is None else getattr(t, k) for k in CLUSTER_DEFAULTS}
+    return dict(iterations=value['cluster_iters'], window=value['cluster_window'],
+                temperature=value['cluster_temperature'])
+
+
 def _hourglass(t: 'TokenTransform', inp: BuildInput) -> TokenMatrix:
     return hourglass_matrix(inp.metric, inp.grid_size, cluster_grid(inp.grid_size, t.keep_ratio),
-                            inp.sizes)
+                            inp.sizes, **clustering(t))
 
 
 def _pitome(t: 'TokenTransform', inp: BuildInput) -> TokenMatrix:
@@ -130,7 +141,8 @@ _SPECS = (
                options=('margin', 'protect'), layer_options=_pitome_schedule,
                summary='PiToMe: energy score protects isolated tokens, the rest merged by '
                        'energy-ordered bipartite matching'),
-    MethodSpec('hourglass', _hourglass, None, needs_grid=True,
+    MethodSpec('hourglass', _hourglass, None, needs_grid=True, windows=True,
+               options=tuple(CLUSTER_DEFAULTS),
                output_grid=lambda t, grid: cluster_grid(grid, t.keep_ratio),
                summary='Hourglass: soft k-means token clustering over the patch grid (needs the '
                        "grid); recover with TokenRecovery('reconstruct')"),

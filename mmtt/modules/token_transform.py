@@ -19,8 +19,8 @@ from ..functional._checks import (
     is_int,
     is_real,
 )
-from ..functional.peers import check_grid_size
-from .methods import METHODS, OPTION_OWNERS, BuildInput, MethodSpec, method_spec
+from ..functional.peers import check_clustering, check_grid_size
+from .methods import CLUSTER_DEFAULTS, METHODS, OPTION_OWNERS, BuildInput, MethodSpec, method_spec
 
 SELECTIONS = ('informative', 'cls', 'uniform', 'mixed')
 
@@ -85,13 +85,19 @@ class TokenTransform(nn.Module):
         protect: PiToMe only: True protects the lowest-energy tokens (PiToMe proper), False
             matches all tokens in energy order. None: the authors' DeiT schedule (False in the
             first ``ceil(L / 2)`` blocks) where the host gives the block position, else True.
+        cluster_iters, cluster_window, cluster_temperature: Hourglass only: its k-means rounds,
+            the odd side of each token's neighbourhood of centres, and the factor on squared
+            distances (Expedit's ``n_iters``, ``window_size``, ``temperture``; for Swin their
+            ``1 / temperture``). None: Expedit-Segmenter's 5, 5 and 0.02.
     """
 
     def __init__(self, keep_ratio: float = 0.7, method: str = 'transform', kappa: float = 0.55,
                  tau: float = 150.0, selection: str = 'informative', similarity: str = 'cosine',
                  orphans: str = 'spread', top_k: Optional[int] = None,
                  score_stride: int = 1, margin: Optional[float] = None,
-                 protect: Optional[bool] = None) -> None:
+                 protect: Optional[bool] = None, cluster_iters: Optional[int] = None,
+                 cluster_window: Optional[int] = None,
+                 cluster_temperature: Optional[float] = None) -> None:
         super().__init__()
         check_keep_ratio(keep_ratio)   # numpy floats too: np.float32(0.7) is a valid ratio
         check_choice('method', method, METHODS)
@@ -108,7 +114,11 @@ class TokenTransform(nn.Module):
                              'shifts cosine similarities by it)')
         if protect is not None and not isinstance(protect, bool):
             raise ValueError(f'protect={protect!r} must be None, True or False')
-        options = dict(top_k=top_k, margin=margin, protect=protect)
+        clustering = dict(cluster_iters=cluster_iters, cluster_window=cluster_window,
+                          cluster_temperature=cluster_temperature)
+        check_clustering(*(CLUSTER_DEFAULTS[k] if v is None else v for k, v in clustering.items()),
+                         names=tuple(clustering))
+        options = dict(top_k=top_k, margin=margin, protect=protect, **clustering)
         for key, owners in OPTION_OWNERS.items():
             if options.get(key) is not None and method not in owners:
                 names = ' or '.join(f'method={m!r}' for m in owners)
@@ -130,6 +140,9 @@ class TokenTransform(nn.Module):
         self.score_stride = score_stride
         self.margin = None if margin is None else float(margin)
         self.protect = protect
+        self.cluster_iters = cluster_iters
+        self.cluster_window = cluster_window
+        self.cluster_temperature = None if cluster_temperature is None else float(cluster_temperature)
 
     @property
     def spec(self) -> MethodSpec:
@@ -178,7 +191,9 @@ class TokenTransform(nn.Module):
         return dict(keep_ratio=self.keep_ratio, method=self.method, kappa=self.kappa,
                     tau=self.tau, selection=self.selection, similarity=self.similarity,
                     orphans=self.orphans, top_k=self.top_k, score_stride=self.score_stride,
-                    margin=self.margin, protect=self.protect)
+                    margin=self.margin, protect=self.protect, cluster_iters=self.cluster_iters,
+                    cluster_window=self.cluster_window,
+                    cluster_temperature=self.cluster_temperature)
 
     def forward(self, x: Tensor, sizes: Optional[Tensor] = None, *, num_prefix: int = 0,
                 scores: Optional[Tensor] = None, metric: Optional[Tensor] = None,

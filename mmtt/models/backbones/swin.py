@@ -30,6 +30,10 @@ not one. :class:`TokenSwinTransformer` therefore reduces *each window to a small
    the nearest real token's query (duplicates split the mass, which the size bias makes
    equivalent to one token). The host lets real tokens attend to zero-padding keys; after
    a reduction they no longer do.
+7. **Hourglass** (``method='hourglass'``). Each window is clustered to a ``g x g`` grid of
+   centres instead (soft k-means over the window, Expedit-DINO's per-window clustering);
+   the centres' anchors are the tokens nearest their cells' centres, and the stage is rebuilt
+   with ``TokenRecovery(mode='reconstruct')`` within each window, as Expedit does.
 
 Config keys: ``token_transform`` (a ``TokenTransform``: kappa, tau, similarity, orphans,
 ``selection`` 'informative' or 'uniform'; ``keep_ratio`` is derived from the grid if left
@@ -175,9 +179,8 @@ class TokenSwinTransformer(SwinTransformer):
 
     Args:
         token_transform: ``TokenTransform`` config; ``method`` must run per window
-            (:data:`mmtt.modules.methods.WINDOW_METHODS`: 'transform'; the others are not
-            supported in windows) and
-            ``selection`` 'informative' or 'uniform'. Without ``keep_ratio`` it is set to
+            (:data:`mmtt.modules.methods.WINDOW_METHODS`: 'transform' or 'hourglass'; the
+            others have no window form) and ``selection`` 'informative' or 'uniform'. Without ``keep_ratio`` it is set to
             ``(reduced_window_size / window_size) ** 2``.
         reduce_layers: global 0-based indices of the blocks (over all stages, e.g. 4 is the
             first block of stage 2 for depths (2, 2, 18, 2)) whose tokens are reduced after
