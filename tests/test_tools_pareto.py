@@ -13,6 +13,7 @@ import skimage.data
 import timm
 from PIL import Image
 
+from mmtt.patch.timm import remove_patch
 from mmtt.pretrained import load_focus_model
 from mmtt.tools.pareto import parse_args, parse_value, parse_variant, plan_points
 from mmtt.tools.pareto_report import UNMODIFIED, mark_fronts, pareto_front
@@ -91,6 +92,22 @@ def test_plan_points_names_bad_keys_and_values_and_leaves_model_unpatched():
     assert 'below 0.5' in reasons['tome', 0.4]
     assert all('\n' not in r for r in reasons.values())
     assert type(model.backbone) is timm.models.vision_transformer.VisionTransformer
+
+
+def test_hourglass_variant_sets_its_reconstruction_k_and_temperature():
+    from mmtt.tools.pareto import patch
+    model = load_focus_model(112)
+    patch(model, dict(method='hourglass', recovery='reconstruct', recovery_k=7, recovery_temperature=3.0,
+                      cluster_temperature=30.0), 0.5, [2])
+    recovery = model.backbone.token_recovery
+    assert (recovery.mode, recovery.k, recovery.temperature) == ('reconstruct', 7, 3.0)
+    assert model.backbone.blocks[2].token_transform.cluster_temperature == 30.0
+    remove_patch(model.backbone)
+    with pytest.raises(ValueError, match="unknown key 'recovery_temp'"):
+        patch(model, dict(method='hourglass', recovery='reconstruct', recovery_temp=1), 0.5, [2])
+    from mmtt.patch.timm import apply_patch
+    with pytest.raises(ValueError, match='unknown recover key temp=1'):
+        apply_patch(model.backbone, method='hourglass', layers=[2], recover=dict(mode='reconstruct', temp=1))
 
 
 def test_variant_and_value_parsing():

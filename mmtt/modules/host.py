@@ -181,13 +181,15 @@ class PatchSettings(NamedTuple):
 def patch_settings(presets: Mapping[str, dict], depth: int, what: str, *, method: str,
                    keep_ratio: float, reduce_layers: Optional[Sequence[int]], kappa: float,
                    tau: float, metric: Optional[str], preset: Optional[str],
-                   recover: Union[bool, str] = False, layers: Optional[Sequence[int]] = None,
+                   recover: Union[bool, str, Mapping[str, Any]] = False,
+                   layers: Optional[Sequence[int]] = None,
                    transform_kwargs: Optional[Mapping[str, Any]] = None) -> PatchSettings:
     """The arguments every ``apply_patch`` shares, checked: ``preset`` (from ``presets``, overriding
     ``keep_ratio`` and ``reduce_layers``), ``layers`` (the earlier name of ``reduce_layers``),
     ``metric`` (default from the method table), the layer indices against ``depth`` (``what``
     names it in the error), every ``TokenTransform`` setting (checked even when no block
-    reduces: a typo must not pass silently) and ``recover`` (True: eq. 9, or a recovery mode)."""
+    reduces: a typo must not pass silently) and ``recover`` (True: eq. 9, a recovery mode, or
+    ``TokenRecovery`` arguments as a dict, e.g. ``dict(mode='reconstruct', temperature=10)``)."""
     if layers is not None:
         reduce_layers = layers
     if preset is not None:
@@ -206,5 +208,9 @@ def patch_settings(presets: Mapping[str, dict], depth: int, what: str, *, method
     check_kwargs('apply_patch', transform_kwargs, TokenTransform.__init__)
     settings = dict(keep_ratio=keep_ratio, method=method, kappa=kappa, tau=tau, **transform_kwargs)
     TokenTransform(**settings)
-    recovery = TokenRecovery('nearest' if recover is True else recover) if recover else None
+    if isinstance(recover, Mapping):
+        check_kwargs('recover', recover, TokenRecovery.__init__)
+        recovery = TokenRecovery(**recover)
+    else:
+        recovery = TokenRecovery('nearest' if recover is True else recover) if recover else None
     return PatchSettings(key, reduce_layers, settings, metric == 'keys', recovery)

@@ -223,7 +223,7 @@ def _restore_patched(base: type):
 
 def apply_patch(model: VisionTransformer, method: str = 'transform', keep_ratio: float = 0.7,
                 reduce_layers: Sequence[int] = (3, 6, 9), kappa: float = 0.55, tau: float = 150.0,
-                recover: Union[bool, str] = False, metric: Optional[str] = None,
+                recover: Union[bool, str, dict] = False, metric: Optional[str] = None,
                 preset: Optional[str] = None, layers: Optional[Sequence[int]] = None,
                 **transform_kwargs) -> VisionTransformer:
     """Insert token reduction into a timm ``VisionTransformer``, in place.
@@ -240,8 +240,9 @@ def apply_patch(model: VisionTransformer, method: str = 'transform', keep_ratio:
             The mmseg and mmdet backbones' config key of the same name.
         kappa, tau: see :class:`mmtt.TokenTransform`.
         recover: make ``forward_features`` return all tokens: True (nearest-neighbour
-            recovery, eq. 9-10) or a :class:`mmtt.TokenRecovery` mode (``'nearest'``,
-            ``'assignment'``, ``'share'``).
+            recovery, eq. 9-10), a :class:`mmtt.TokenRecovery` mode (``'nearest'``,
+            ``'assignment'``, ``'share'``, ``'reconstruct'``), or its arguments as a dict
+            (``dict(mode='reconstruct', temperature=10)``).
         metric: features compared for similarity: ``'hidden'`` (the block's hidden states,
             the paper's) or ``'keys'`` (head-averaged keys, ToMe's). Default: the method's entry
             in :data:`mmtt.modules.METHOD_SPECS` (keys for ToMe and PiToMe, hidden states

@@ -52,7 +52,8 @@ DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch
 RESERVED = {'model': 'the model is the ViT-S/14',
             'keep_ratio': 'keep ratios come from --keep-ratios',
             'recover': 'recovery is always on (the saliency decoder needs every token); '
-                       'pick its mode with recovery:nearest|assignment|share',
+                       'pick its mode with recovery:nearest|assignment|share|reconstruct '
+                       '(recovery_k:, recovery_temperature: for reconstruct)',
             'preset': 'it sets keep_ratio and layers; use layers:... and --keep-ratios'}
 Variant = Tuple[str, Dict[str, object]]
 
@@ -103,7 +104,8 @@ def patch_keys() -> List[str]:
     :class:`mmtt.TokenTransform`'s (read from the signatures, so new options need no edit here)."""
     params = {**inspect.signature(TokenTransform).parameters, **inspect.signature(apply_patch).parameters}
     named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    return sorted([n for n, p in params.items() if p.kind in named and n not in RESERVED] + ['recovery'])
+    return sorted([n for n, p in params.items() if p.kind in named and n not in RESERVED]
+                  + ['recovery', 'recovery_k', 'recovery_temperature'])
 
 
 def patch(model: FocusModel, kwargs: Dict[str, object], keep_ratio: float, layers: Sequence[int]) -> None:
@@ -117,6 +119,10 @@ def patch(model: FocusModel, kwargs: Dict[str, object], keep_ratio: float, layer
         raise ValueError(f'unknown key {unknown[0]!r}; apply_patch takes {", ".join(patch_keys())}')
     kwargs = dict(kwargs)
     recover = kwargs.pop('recovery', True)   # a TokenRecovery mode, or True for eq. 9
+    # 'reconstruct' (Hourglass) takes its neighbours and temperature as recovery_k/_temperature.
+    soft = {key: kwargs.pop(f'recovery_{key}') for key in ('k', 'temperature') if f'recovery_{key}' in kwargs}
+    if soft:
+        recover = dict(mode='nearest' if recover is True else recover, **soft)
     try:
         apply_patch(model.backbone, keep_ratio=keep_ratio, recover=recover,
                     **{'layers': tuple(layers), **kwargs})
