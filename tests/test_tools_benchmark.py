@@ -47,7 +47,7 @@ def test_detector_config_is_timed_in_eval_mode(tmp_path, part):
     config = write_config(tmp_path, 'tiny', {**TINY_SWIN, **TINY_TT, 'type': 'TokenSwinTransformer'})
     args = benchmark.parse_args(['--config', str(config), '--shape', '96', '128', '--part', part,
                                  '--batch', '1', '--warmup', '0', '--repeats', '1', '--threads', '1'])
-    plain, reduced = benchmark.measure(args, None), benchmark.measure(args, 'config')
+    plain, reduced = benchmark.measure(args, [(None, None), ('config', None)])
     assert reduced['gflops'] < plain['gflops'] and reduced['compression_gflops'] > 0
     assert reduced['latency_ms'] > 0 and reduced['throughput'] > 0
 
@@ -72,7 +72,44 @@ def test_sdpa_baseline_is_the_unmodified_model_on_the_fused_kernel(tmp_path, sdp
     assert len(sdpa_calls) == len(fused.backbone.layers)    # only the fused model called SDPA
     args = benchmark.parse_args(['--config', str(config), '--sdpa-baseline', '--batch', '1',
                                  '--warmup', '0', '--repeats', '1', '--threads', '1'])
-    result = benchmark.measure(args, benchmark.SDPA_BASELINE)
+    result, = benchmark.measure(args, [(benchmark.SDPA_BASELINE, None)])
     assert result['method'] == benchmark.SDPA_BASELINE and result['compression_gflops'] == 0
     with pytest.raises(SystemExit):
         benchmark.parse_args(['--model', 'vit_tiny_patch16_224', '--sdpa-baseline'])
+
+
+def test_rounds_interleave_the_variants_after_each_ones_warm_up(monkeypatch):
+    from collections import Counter
+
+    import mmtt.analysis
+    from mmtt.analysis.flops import FlopReport
+    calls = []
+
+    class Net(torch.nn.Module):
+        def __init__(self, name):
+            super().__init__()
+            self.name = name
+
+        def forward(self, x):
+            calls.append((self.name, x.shape[0]))
+            return x
+
+    monkeypatch.setattr(benchmark, 'build_variant',
+                        lambda args, m, k=None: (Net(benchmark.variant_name(m, k)), (4, 4)))
+    monkeypatch.setattr(mmtt.analysis, 'count_flops', lambda net, inputs: FlopReport(10, {}, Counter(), 0))
+    args = benchmark.parse_args(['--model', 'vit_tiny_patch16_224', '--batch', '2', '--warmup', '1',
+                                 '--repeats', '3'])
+    results = benchmark.measure(args, [(None, None), ('tome', None)])
+    assert calls[:4] == [('unmodified', 1), ('unmodified', 2), ('tome', 1), ('tome', 2)]   # warm-up
+    assert calls[4:] == [('unmodified', 1), ('unmodified', 2), ('tome', 1), ('tome', 2)] * 3
+    assert [len(r['latency_ms_rounds']) for r in results] == [3, 3]
+    assert [r['method'] for r in results] == ['unmodified', 'tome']
+
+
+def test_a_fresh_process_reports_its_own_peak_memory_not_its_parents():
+    # ru_maxrss would carry the parent's peak into the spawned child across fork and exec.
+    args = benchmark.parse_args(['--model', 'vit_tiny_patch16_224', '--batch', '1', '--threads', '1'])
+    ballast = torch.ones(160 * 2 ** 20)          # 640 MB, touched, held while the child runs
+    parent = benchmark.peak_rss() / 2 ** 20
+    child = benchmark.peak_memory_in_fresh_process(args, None)
+    assert float(ballast[-1]) == 1.0 and 0 < child < parent - 500

@@ -3,11 +3,13 @@
     python tools/benchmark.py --model deit_base_patch16_224 --methods transform tome prune
     python tools/benchmark.py --config configs/segmenter/segmenter_tt_ade20k.py --repeats 3
 
-Each variant (the unmodified model first) runs in a fresh process, so peak memory is its own.
-Latency is the median over ``--repeats`` timed batch-1 forwards after ``--warmup`` untimed ones
-(CUDA events on a GPU); throughput is images/s at ``--batch``. Ratios are against the
-unmodified model of the same run. On the CPU, peak memory is the process's peak RSS (weights
-and libraries included); on a GPU, ``torch.cuda.max_memory_allocated``.
+All variants (the unmodified model first) are built in one process and timed in interleaved
+rounds: each round times a batch-1 forward and a ``--batch`` forward of every variant, so a drift
+of the machine's speed reaches all of them alike. Latency is the median over ``--repeats``
+rounds after ``--warmup`` untimed forwards of each (CUDA events on a GPU); throughput is images/s
+at ``--batch``. Ratios are against the unmodified model of the same run. Peak memory is then
+measured per variant in a fresh process (one ``--batch`` forward): on the CPU the process's peak
+RSS (weights and libraries included), on a GPU ``torch.cuda.max_memory_allocated``.
 """
 import argparse
 import json
@@ -79,41 +81,57 @@ def build_config(args, method: Optional[str],
     return net, tuple(args.shape or default_shape(cfg))
 
 
-def measure(args, method: Optional[str], top_k: Optional[int] = None) -> dict:
-    """One variant, in the current process: method None is the unmodified model."""
-    from mmtt.analysis import count_flops
+def build_variant(args, method: Optional[str], top_k: Optional[int] = None) -> Tuple[torch.nn.Module, Tuple[int, int]]:
+    """One variant's network in eval mode on ``args.device`` (method None: the unmodified model)."""
     torch.manual_seed(0)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
     model, shape = (build_config if args.config else build_timm)(args, method, top_k)
-    model = model.to(device)
+    model = model.to(torch.device(args.device))
     model.eval()   # not chained: mmdet's SwinTransformer.train() returns None
-    flops = count_flops(model, (torch.randn(1, 3, *shape, device=device),))
-    one = torch.randn(1, 3, *shape, device=device)
-    batch = torch.randn(args.batch, 3, *shape, device=device)
+    return model, shape
+
+
+def variant_name(method: Optional[str], top_k: Optional[int]) -> str:
+    return (method or 'unmodified') + ('' if top_k is None else f' k={top_k}')
+
+
+def peak_memory_mb(args, method: Optional[str], top_k: Optional[int] = None) -> float:
+    """Peak memory of building the variant and running one forward at ``--batch`` (call it in a
+    fresh process: the process's peak RSS on a CPU, ``max_memory_allocated`` on a GPU)."""
+    model, shape = build_variant(args, method, top_k)
+    device = torch.device(args.device)
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats()
-    latency = timed(lambda: model(one), args.warmup, args.repeats, device)
-    batch_time = timed(lambda: model(batch), args.warmup, args.repeats, device)
-    peak = (torch.cuda.max_memory_allocated() if device.type == 'cuda'
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    name = (method or 'unmodified') + ('' if top_k is None else f' k={top_k}')
-    return dict(method=name, gflops=flops.gflops,
-                compression_gflops=flops.compression / 1e9, latency_ms=latency * 1e3,
-                throughput=args.batch / batch_time, peak_mem_mb=peak / 2 ** 20,
-                uncounted_ops=sorted(flops.uncounted))
+    with torch.no_grad():
+        model(torch.randn(args.batch, 3, *shape, device=device))
+    return (torch.cuda.max_memory_allocated() if device.type == 'cuda' else peak_rss()) / 2 ** 20
+
+
+def peak_rss() -> int:
+    """Bytes: this process's peak resident set. Linux's ``VmHWM`` is its own address space's
+    (``ru_maxrss`` would carry the parent's peak across fork and exec, so a child of a parent
+    holding models would report the parent's)."""
+    try:
+        with open('/proc/self/status') as f:
+            for line in f:
+                if line.startswith('VmHWM:'):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _worker(args, method, top_k, queue) -> None:
     try:
-        queue.put(('ok', measure(args, method, top_k)))
+        queue.put(('ok', peak_memory_mb(args, method, top_k)))
     except BaseException as err:   # reported by the parent, which would otherwise wait forever
         queue.put(('error', f'{type(err).__name__}: {one_line(err)}'))
 
 
-def measure_in_fresh_process(args, method: Optional[str], top_k: Optional[int] = None) -> dict:
-    """:func:`measure` in a spawned process; its error (or its death) raises :class:`ToolError`."""
+def peak_memory_in_fresh_process(args, method: Optional[str], top_k: Optional[int] = None) -> float:
+    """:func:`peak_memory_mb` in a spawned process; its error (or its death) raises
+    :class:`ToolError`."""
     ctx = mp.get_context('spawn')
     queue = ctx.Queue()
     proc = ctx.Process(target=_worker, args=(args, method, top_k, queue))
@@ -131,9 +149,42 @@ def measure_in_fresh_process(args, method: Optional[str], top_k: Optional[int] =
     proc.join()
     status, result = reply
     if status != 'ok':
-        name = (method or 'unmodified') + ('' if top_k is None else f' k={top_k}')
-        raise ToolError(f'variant {name!r} failed: {result}')
+        raise ToolError(f'variant {variant_name(method, top_k)!r} failed: {result}')
     return result
+
+
+def measure(args, variants: List[Tuple[Optional[str], Optional[int]]]) -> List[dict]:
+    """GFLOPs of each variant, then batch-1 latency and batch time in interleaved rounds (each
+    round times every variant once, so a drift of the machine's speed reaches all alike);
+    medians over ``--repeats`` rounds after ``--warmup`` untimed forwards of each."""
+    from mmtt.analysis import count_flops
+    device = torch.device(args.device)
+    nets, flops = [], []
+    for method, top_k in tqdm(variants, desc='build'):
+        try:
+            net, shape = build_variant(args, method, top_k)
+        except (ValueError, TypeError, KeyError) as err:
+            raise ToolError(f'variant {variant_name(method, top_k)!r} failed: {one_line(err)}') from err
+        flops.append(count_flops(net, (torch.randn(1, 3, *shape, device=device),)))
+        nets.append(net)
+    one = torch.randn(1, 3, *shape, device=device)
+    batch = torch.randn(args.batch, 3, *shape, device=device)
+    latency: List[List[float]] = [[] for _ in nets]
+    batch_time: List[List[float]] = [[] for _ in nets]
+    with torch.no_grad():
+        for net in nets:
+            for _ in range(args.warmup):
+                net(one)
+                net(batch)
+        for _ in tqdm(range(args.repeats), desc='rounds'):
+            for i, net in enumerate(nets):
+                latency[i].append(time_once(lambda: net(one), device))
+                batch_time[i].append(time_once(lambda: net(batch), device))
+    return [dict(method=variant_name(method, top_k), gflops=f.gflops,
+                 compression_gflops=f.compression / 1e9,
+                 latency_ms=statistics.median(lat) * 1e3, latency_ms_rounds=[t * 1e3 for t in lat],
+                 throughput=args.batch / statistics.median(bt), uncounted_ops=sorted(f.uncounted))
+            for (method, top_k), f, lat, bt in zip(variants, flops, latency, batch_time)]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -201,13 +252,13 @@ def describe_hardware(device: str, threads: Optional[int] = None) -> str:
 def main(argv=None) -> List[dict]:
     args = parse_args(argv)
     methods = args.methods or (['config'] if args.config else ['transform'])
-    results = []
     # Each --top-k adds a variant of the transform (timm) or of the config's own method.
     sparse = [('transform' if args.model else 'config', k) for k in args.top_k or []]
     baseline = [(SDPA_BASELINE, None)] if args.sdpa_baseline else []
     variants = [(None, None)] + baseline + [(m, None) for m in methods] + sparse
-    for method, top_k in tqdm(variants, desc='variants'):
-        results.append(measure_in_fresh_process(args, method, top_k))
+    results = measure(args, variants)
+    for r, (method, top_k) in zip(results, tqdm(variants, desc='peak memory')):
+        r['peak_mem_mb'] = peak_memory_in_fresh_process(args, method, top_k)
     base = results[0]
     for r in results:
         r['gflops_ratio'] = base['gflops'] / r['gflops']

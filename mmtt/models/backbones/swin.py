@@ -180,8 +180,8 @@ class TokenSwinTransformer(SwinTransformer):
     Args:
         token_transform: ``TokenTransform`` config; ``method`` must run per window
             (:data:`mmtt.modules.methods.WINDOW_METHODS`: 'transform' or 'hourglass'; the
-            others have no window form) and ``selection`` 'informative' or 'uniform'. Without ``keep_ratio`` it is set to
-            ``(reduced_window_size / window_size) ** 2``.
+            others have no window form) and ``selection`` 'informative' or 'uniform'. Without
+            ``keep_ratio`` it is set to ``(reduced_window_size / window_size) ** 2``.
         reduce_layers: global 0-based indices of the blocks (over all stages, e.g. 4 is the
             first block of stage 2 for depths (2, 2, 18, 2)) whose tokens are reduced after
             their attention; at most one per stage. ``[]`` gives mmdet's model exactly.
