@@ -198,12 +198,19 @@ def test_scoring_attention_equals_hosts_and_scores_are_window_column_sums(shift)
     assert torch.allclose(scores, ref, atol=1e-5)
 
 
-@pytest.mark.parametrize('selection,recovery', [('informative', 'nearest'), ('uniform', 'assignment')])
-def test_reduced_backbone_outputs_full_resolution_at_every_stage(selection, recovery):
+HOURGLASS_TT = dict(token_transform=dict(type='TokenTransform', method='hourglass', cluster_iters=3),
+                    token_recovery=dict(type='TokenRecovery', mode='reconstruct', k=9))
+
+
+@pytest.mark.parametrize('tt', [
+    dict(token_transform=dict(TINY_TT['token_transform'], selection='informative'),
+         token_recovery=dict(type='TokenRecovery', mode='nearest')),
+    dict(token_transform=dict(TINY_TT['token_transform'], selection='uniform'),
+         token_recovery=dict(type='TokenRecovery', mode='assignment')),
+    HOURGLASS_TT], ids=['informative-nearest', 'uniform-assignment', 'hourglass-reconstruct'])
+def test_reduced_backbone_outputs_full_resolution_at_every_stage(tt):
     torch.manual_seed(0)
     ref = build(dict(TINY_SWIN, type='SwinTransformer'))
-    tt = dict(token_transform=dict(TINY_TT['token_transform'], selection=selection),
-              token_recovery=dict(type='TokenRecovery', mode=recovery))
     ours = build(tt_swin(**tt, reduce_layers=[0, 3, 4, 7]))
     ours.load_state_dict(ref.state_dict())
     for shape in [(2, 3, 97, 61), (1, 3, 56, 56)]:
@@ -215,29 +222,10 @@ def test_reduced_backbone_outputs_full_resolution_at_every_stage(selection, reco
         assert not torch.allclose(got[1], want[1])   # stage 1 was reduced
 
 
-def test_hourglass_backbone_outputs_full_resolution_and_trains_with_checkpointing():
+@pytest.mark.parametrize('tt', [{}, HOURGLASS_TT], ids=['transform', 'hourglass'])
+def test_reduced_backbone_trains_with_checkpointing(tt):
     torch.manual_seed(0)
-    ref = build(dict(TINY_SWIN, type='SwinTransformer'))
-    hourglass = dict(token_transform=dict(type='TokenTransform', method='hourglass', cluster_iters=3),
-                     token_recovery=dict(type='TokenRecovery', mode='reconstruct', k=9))
-    ours = build(tt_swin(**hourglass, reduce_layers=[0, 3, 4, 7]))
-    ours.load_state_dict(ref.state_dict())
-    for shape in [(2, 3, 97, 61), (1, 3, 56, 56)]:
-        x = torch.randn(*shape)
-        with torch.no_grad():
-            want, got = ref(x), ours(x)
-        assert [o.shape for o in got] == [o.shape for o in want]
-        assert all(torch.isfinite(o).all() for o in got)
-        assert not torch.allclose(got[1], want[1])
-    trained = build(tt_swin(**hourglass, with_cp=True))
-    trained.train()
-    sum(o.square().mean() for o in trained(torch.randn(2, 3, 64, 72, requires_grad=True))).backward()
-    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in trained.parameters())
-
-
-def test_reduced_backbone_trains_with_checkpointing():
-    torch.manual_seed(0)
-    ours = build(tt_swin(with_cp=True))
+    ours = build(tt_swin(with_cp=True, **tt))
     ours.train()
     x = torch.randn(2, 3, 64, 72, requires_grad=True)
     sum(o.square().mean() for o in ours(x)).backward()
