@@ -201,16 +201,25 @@ def test_bts_metric_reports_nine_metrics_with_table3_silog():
 def test_shipped_configs_build_and_reduce_flops_with_tiny_overrides():
     plain_cfg = Config.fromfile(str(REPO / 'configs/dpt/dpt_nyu.py'))
     tt_cfg = Config.fromfile(str(REPO / 'configs/dpt/dpt_tt_nyu.py'))
+    hourglass_cfg = Config.fromfile(str(REPO / 'configs/dpt/dpt_hourglass_nyu.py'))
     assert plain_cfg.model.backbone.reduce_layers == []
     assert tt_cfg.model.backbone.token_transform.keep_ratio == 0.7
-    for cfg in (plain_cfg, tt_cfg):
+    # Expedit-DPT's NYUv2 point: 5 rounds, 5 x 5, temperature 1 for both layers, k 20, after block 2.
+    hourglass = hourglass_cfg.model.backbone
+    assert hourglass.reduce_layers == (3,) and hourglass.token_transform.method == 'hourglass'
+    assert (hourglass.token_transform.cluster_iters, hourglass.token_transform.cluster_window,
+            hourglass.token_transform.cluster_temperature) == (5, 5, 1.0)
+    assert hourglass.token_recovery == dict(type='TokenRecovery', mode='reconstruct', k=20, temperature=1.0)
+    from mmtt.functional import cluster_grid
+    assert cluster_grid((30, 40), hourglass.token_transform.keep_ratio) == (12, 16)
+    for cfg in (plain_cfg, tt_cfg, hourglass_cfg):
         assert cfg.custom_imports.imports == ['mmtt']
         assert cfg.test_evaluator.type == 'BTSDepthMetric'
         assert cfg.test_evaluator.crop_type == 'nyu_crop'
         assert cfg.test_dataloader.dataset.type == 'NYUDataset'
         assert 'SyncBN' not in cfg.pretty_text
     flops = []
-    for cfg in (plain_cfg, tt_cfg):
+    for cfg in (plain_cfg, tt_cfg, hourglass_cfg):
         cfg.model.backbone.update(TINY_BACKBONE)
         cfg.model.backbone.reduce_layers = [i for i in cfg.model.backbone.reduce_layers if i < 4]
         cfg.model.decode_head.update(TINY_HEAD)
@@ -219,7 +228,7 @@ def test_shipped_configs_build_and_reduce_flops_with_tiny_overrides():
         with torch.no_grad():
             assert model(torch.randn(1, 3, 64, 96), mode='tensor').shape == (1, 1, 64, 96)
         flops.append(count_flops(model.backbone, (torch.randn(1, 3, 128, 160),)).total)
-    assert flops[1] < flops[0]
+    assert flops[1] < flops[0] and flops[2] < flops[0]
 
 
 @pytest.fixture(scope='module')
