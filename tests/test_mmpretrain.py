@@ -295,6 +295,18 @@ def test_lvvit_keep_one_is_exact_and_remove_patch_restores(lvvit):
         assert type(model) is lvvit.LV_ViT and torch.equal(model(x), expected)
 
 
+def test_lvvit_refuses_other_models_a_patched_one_and_foreign_blocks(lvvit):
+    with pytest.raises(ValueError, match='model must be a tlt LV_ViT, got Linear'):
+        lvvit.apply_patch(torch.nn.Linear(2, 2))
+    model = lvvit.apply_patch(tiny_lvvit(lvvit), reduce_layers=(1,))
+    with pytest.raises(ValueError, match='already patched'):
+        lvvit.apply_patch(model, reduce_layers=(1,))
+    model = tiny_lvvit(lvvit)
+    model.blocks[2].__class__ = type('MyBlock', (lvvit.Block,), {})
+    with pytest.raises(ValueError, match='block 2 is MyBlock with Attention; apply_patch supports tlt Block'):
+        lvvit.apply_patch(model, reduce_layers=(1,))
+
+
 @pytest.mark.parametrize('method', METHODS)
 def test_lvvit_every_method_and_recovery(lvvit, method):
     model = lvvit.apply_patch(tiny_lvvit(lvvit), method=method, keep_ratio=0.5, reduce_layers=(1, 2))

@@ -154,6 +154,10 @@ def test_bad_arguments_are_named():
         tt.apply_patch(model, metric='values', layers=(1,))
     with pytest.raises(ValueError, match='must be a timm VisionTransformer'):
         tt.apply_patch(torch.nn.Linear(2, 2))
+    foreign = make('vit_tiny_patch16_224')
+    foreign.blocks[1].__class__ = type('MyBlock', (foreign.blocks[1].__class__,), {})
+    with pytest.raises(ValueError, match='block 1 is MyBlock with Attention; apply_patch supports timm Block'):
+        tt.apply_patch(foreign, layers=(1,))
     tt.apply_patch(model, layers=(1,))
     with pytest.raises(ValueError, match='already patched'):
         tt.apply_patch(model, layers=(1,))

@@ -9,7 +9,7 @@ is written on a module, so one model serves concurrent threads, and a block reco
 from typing import Any, Dict, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..functional import attention_with_scores
 from ..functional._checks import check_kwargs, check_layers
@@ -152,6 +152,24 @@ def check_reduce_layers(key: str, layers: Sequence[int], depth: int, what: str) 
     if bad:
         raise ValueError(f'{key}={bad} out of range for {what}')
     return tuple(layers)
+
+
+def check_host_blocks(model: nn.Module, host: type, patched: type, block: type, attn: type,
+                      library: str) -> int:
+    """The depth of ``model.blocks``, after the checks every ``apply_patch`` of a block-list
+    model makes: ``model`` is a ``host``, not already ``patched``, and every block is exactly
+    ``block`` with ``attn`` (a subclass may override what the patch rewrites). ValueError
+    naming what is wrong; ``library`` names the host library in it."""
+    if not isinstance(model, host):
+        raise ValueError(f'model must be a {library} {host.__name__}, got {type(model).__name__}')
+    if isinstance(model, patched):
+        raise ValueError('model is already patched; call remove_patch(model) first')
+    for i, b in enumerate(model.blocks):
+        if type(b) is not block or type(b.attn) is not attn:
+            raise ValueError(f'block {i} is {type(b).__name__} with {type(b.attn).__name__}; '
+                             f'apply_patch supports {library} {block.__name__} with '
+                             f'{library} {attn.__name__}')
+    return len(model.blocks)
 
 
 class PatchSettings(NamedTuple):

@@ -33,6 +33,7 @@ from ..modules.host import (
     Capture,
     TokenState,
     attend,
+    check_host_blocks,
     patch_settings,
     reduce_tokens,
     reduces,
@@ -127,15 +128,7 @@ def apply_patch(model: LV_ViT, method: str = 'transform', keep_ratio: float = 0.
     must be tlt's transformer ``Block`` (LV-ViT's ``order`` of separate ``'mha'``/``'ffn'``
     blocks is refused). Returns the same model object, patched.
     """
-    if not isinstance(model, LV_ViT):
-        raise ValueError(f'model must be a tlt LV_ViT, got {type(model).__name__}')
-    if isinstance(model, TokenLV_ViT):
-        raise ValueError('model is already patched; call remove_patch(model) first')
-    depth = len(model.blocks)
-    for i, block in enumerate(model.blocks):
-        if type(block) is not Block or type(block.attn) is not Attention:
-            raise ValueError(f'block {i} is {type(block).__name__}; apply_patch supports tlt Block '
-                             'with tlt Attention')
+    depth = check_host_blocks(model, LV_ViT, TokenLV_ViT, Block, Attention, 'tlt')
     patch = patch_settings(PRESETS, depth, f'a model with {depth} blocks', method=method,
                            keep_ratio=keep_ratio, reduce_layers=reduce_layers, kappa=kappa, tau=tau,
                            metric=metric, preset=preset, recover=recover,

@@ -29,6 +29,7 @@ from ..modules.host import (
     Capture,
     TokenState,
     attend,
+    check_host_blocks,
     patch_settings,
     reduce_tokens,
     reduces,
@@ -255,15 +256,7 @@ def apply_patch(model: VisionTransformer, method: str = 'transform', keep_ratio:
     Returns:
         The same model object, patched.
     """
-    if not isinstance(model, VisionTransformer):
-        raise ValueError(f'model must be a timm VisionTransformer, got {type(model).__name__}')
-    if isinstance(model, TokenModelMixin):
-        raise ValueError('model is already patched; call remove_patch(model) first')
-    depth = len(model.blocks)
-    for i, block in enumerate(model.blocks):
-        if type(block) is not Block or type(block.attn) is not Attention:
-            raise ValueError(f'block {i} is {type(block).__name__} with {type(block.attn).__name__}; '
-                             'apply_patch supports timm Block with timm.layers.Attention')
+    depth = check_host_blocks(model, VisionTransformer, TokenModelMixin, Block, Attention, 'timm')
     patch = patch_settings(PRESETS, depth, f'a model with {depth} blocks', method=method,
                            keep_ratio=keep_ratio, reduce_layers=reduce_layers, kappa=kappa, tau=tau,
                            metric=metric, preset=preset, recover=recover, layers=layers,
