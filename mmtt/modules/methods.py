@@ -4,6 +4,7 @@ default similarity features, which methods run per window, which need the token 
 tools (their method lists). Adding a method is one builder in :mod:`mmtt.functional` and one
 entry here (timm's ``create_attn`` name -> class table is the model).
 """
+import inspect
 import math
 from typing import TYPE_CHECKING, Callable, Dict, NamedTuple, Optional, Tuple
 
@@ -85,15 +86,18 @@ def _transform(t: 'TokenTransform', inp: BuildInput) -> TokenMatrix:
                                   mixed=t.selection == 'mixed')
 
 
-# Expedit-Segmenter's clustering settings for Segmenter-L, used where a config sets none.
-CLUSTER_DEFAULTS = dict(cluster_iters=5, cluster_window=5, cluster_temperature=0.02)
+# TokenTransform option -> hourglass_matrix keyword; where a config sets none, the builder's
+# own default (Expedit-Segmenter's settings for Segmenter-L) applies.
+CLUSTER_KEYWORDS = dict(cluster_iters='iterations', cluster_window='window',
+                        cluster_temperature='temperature')
+CLUSTER_DEFAULTS = {option: inspect.signature(hourglass_matrix).parameters[keyword].default
+                    for option, keyword in CLUSTER_KEYWORDS.items()}
 
 
 def clustering(t: 'TokenTransform') -> dict:
     """The transform's Hourglass settings as :func:`~mmtt.functional.hourglass_matrix` keywords."""
-    value = {k: CLUSTER_DEFAULTS[k] if getattr(t, k) is None else getattr(t, k) for k in CLUSTER_DEFAULTS}
-    return dict(iterations=value['cluster_iters'], window=value['cluster_window'],
-                temperature=value['cluster_temperature'])
+    return {keyword: CLUSTER_DEFAULTS[option] if getattr(t, option) is None else getattr(t, option)
+            for option, keyword in CLUSTER_KEYWORDS.items()}
 
 
 def _hourglass(t: 'TokenTransform', inp: BuildInput) -> TokenMatrix:
