@@ -16,7 +16,14 @@ from PIL import Image
 from mmtt.patch.timm import remove_patch
 from mmtt.pretrained import load_focus_model
 from mmtt.tools.pareto import parse_args, parse_value, parse_variant, plan_points
-from mmtt.tools.pareto_report import UNMODIFIED, mark_fronts, pareto_front
+from mmtt.tools.pareto_report import (
+    UNMODIFIED,
+    best_at_speed,
+    equal_speed_rows,
+    interpolated_iou,
+    mark_fronts,
+    pareto_front,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
@@ -51,6 +58,11 @@ def test_sweep_writes_every_point_with_speed_and_fidelity(photos, tmp_path):
     assert out_png.read_bytes()[:8] == PNG_MAGIC
     assert result['dtype'] == 'float32' and result['hardware'] and result['num_images'] == 2
     assert result['config']['variants']['tome-hidden'] == {'method': 'tome', 'metric': 'hidden'}
+    # tt is ours by default; every point of the three peers gets its equal-speed row.
+    assert result['config']['ours'] == ['tt']
+    assert sorted((r['label'], r['keep_ratio']) for r in result['equal_speed']) == [
+        ('pitome', 0.6), ('pitome', 1.0), ('tome-hidden', 0.6), ('tome-hidden', 1.0), ('tps', 0.6), ('tps', 1.0)]
+    assert 'at equal or higher speed-up' in done.stdout
     points = {(p['label'], p['keep_ratio']): p for p in result['points']}
     assert set(points) == {(UNMODIFIED, 1.0), ('tt', 1.0), ('tt', 0.6), ('tome-hidden', 1.0),
                            ('tome-hidden', 0.6), ('tps', 1.0), ('tps', 0.6), ('pitome', 1.0),
@@ -151,3 +163,51 @@ def test_mark_fronts_within_each_label_and_globally():
     # (fewer GFLOPs and a higher IoU).
     assert [p['front_gflops'] for p in points] == [False, True, True, True, True]
     assert [p['global_front_gflops'] for p in points] == [True, True, False, True, True]
+
+
+def _point(label, keep, speedup, iou):
+    return dict(label=label, keep_ratio=keep, speedup_b1=speedup, iou=iou)
+
+
+def test_best_at_speed_and_the_interpolated_front():
+    full = _point(UNMODIFIED, 1.0, 1.0, 1.0)
+    curve = [full, _point('tt', 0.9, 1.1, 0.98), _point('tt', 0.7, 1.4, 0.95),
+             _point('tt', 0.6, 1.3, 0.90),   # slower and worse than the 0.7 point: off the front
+             _point('tt', 0.5, 1.8, 0.85)]
+    assert best_at_speed(curve, 1.35)['keep_ratio'] == 0.7
+    assert best_at_speed(curve, 1.05)['keep_ratio'] == 0.9
+    assert best_at_speed(curve, 0.9) is full   # not reducing at all is at least as fast
+    assert best_at_speed(curve, 1.9) is None
+    # Between the 0.7 (1.4, 0.95) and 0.5 (1.8, 0.85) points, a quarter of the way: 0.925.
+    assert interpolated_iou(curve, 1.5) == pytest.approx(0.925)
+    assert interpolated_iou(curve, 1.4) == pytest.approx(0.95)
+    assert interpolated_iou(curve, 1.2) == pytest.approx(0.98 + (0.95 - 0.98) / 3)
+    assert interpolated_iou(curve, 1.81) is None and interpolated_iou(curve, 0.99) is None
+
+
+def test_equal_speed_rows_compare_each_peer_point_with_the_best_of_ours():
+    points = [_point(UNMODIFIED, 1.0, 1.0, 1.0),
+              _point('a', 0.7, 1.40, 0.950), _point('a', 0.5, 1.75, 0.88),
+              _point('b', 0.7, 1.30, 0.955),                # ours too: the better one at x1.3
+              _point('tome', 0.7, 1.45, 0.945), _point('tome', 0.5, 1.74, 0.81),
+              _point('prune', 0.5, 1.90, 0.70)]
+    rows = {(r['label'], r['keep_ratio']): r for r in equal_speed_rows(points, ['a', 'b'])}
+    assert set(rows) == {('tome', 0.7), ('tome', 0.5), ('prune', 0.5)}
+    # Nothing of ours is as fast as tome@0.7 but a@0.5; read on a's front at x1.45 instead.
+    r = rows['tome', 0.7]
+    assert r['best'] == 'a@0.5' and r['margin'] == pytest.approx(0.88 - 0.945)
+    assert r['interpolated_margin'] == pytest.approx(0.95 + (0.88 - 0.95) * (0.05 / 0.35) - 0.945)
+    r = rows['tome', 0.5]
+    assert r['best'] == 'a@0.5' and r['best_speedup'] == 1.75 and r['margin'] == pytest.approx(0.07)
+    r = rows['prune', 0.5]
+    assert r['best'] is None and r['margin'] is None and r['interpolated_margin'] is None
+    # The peer's own points never count as ours; no peers, no rows.
+    assert equal_speed_rows(points, ['a', 'b', 'tome', 'prune']) == []
+
+
+def test_ours_defaults_to_the_token_transforming_variants_and_names_a_bad_label():
+    args = parse_args(['--images', '.', '--variants', 'tt=method:transform', 'mixed=selection:mixed',
+                       'tome=method:tome'])
+    assert args.ours == ['tt', 'mixed']
+    with pytest.raises(SystemExit):
+        parse_args(['--images', '.', '--variants', 'tt=method:transform', '--ours', 'tt', 'tm'])

@@ -9,7 +9,10 @@ after ``--warmup`` untimed forwards per point, each of ``--repeats`` rounds patc
 unpatches every point in turn, the unmodified model included, so drift (clocks, other load)
 falls on all points alike; each figure is a median, and speed-ups are against the unmodified
 model of the same run. Output: a table, a JSON of every point, and IoU against speed-up and
-against GFLOPs with each variant's Pareto front and the global one.
+against GFLOPs with each variant's Pareto front and the global one; then, for every point of a
+peer, the best point of ``--ours`` (default: the Token Transforming variants) that is at least as
+fast, and the IoU margin between them (also read on each of our curves at exactly the peer's
+speed-up, linearly between its measured front points).
 
 Variants are ``LABEL=key:value,key:value`` (``LABEL=`` alone: apply_patch's defaults). Values
 are read as None, true/false, int, float, a tuple of ints written with dashes
@@ -43,7 +46,7 @@ from mmtt.patch.timm import apply_patch, remove_patch
 from mmtt.pretrained import FocusModel, load_focus_model, preprocess
 from mmtt.tools._timing import autocast, time_once
 from mmtt.tools.fidelity_core import compare, flops_entry, list_images, run_model
-from mmtt.tools.pareto_report import UNMODIFIED, mark_fronts, plot, print_table
+from mmtt.tools.pareto_report import UNMODIFIED, equal_speed_rows, mark_fronts, plot, print_equal_speed, print_table
 
 DEFAULT_VARIANTS = ('tt=method:transform', 'tome=method:tome', 'tome-hidden=method:tome,metric:hidden',
                     'prune=method:prune')
@@ -238,6 +241,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--dtype', choices=sorted(DTYPES), default='float32',
                         help='bfloat16/float16: forwards under torch.autocast')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--ours', nargs='+', default=None, metavar='LABEL',
+                        help='variants compared with every other one at equal speed (default: the '
+                             'Token Transforming ones, method:transform or no method)')
     parser.add_argument('--out-json', default='outputs/pareto.json')
     parser.add_argument('--out-png', default='outputs/pareto.png')
     args = parser.parse_args(argv)
@@ -248,6 +254,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     labels = [label for label, _ in args.parsed_variants]
     if len(set(labels)) < len(labels):
         parser.error(f'--variants: labels must differ, got {labels}')
+    if args.ours is None:
+        args.ours = [label for label, kwargs in args.parsed_variants
+                     if kwargs.get('method', 'transform') == 'transform']
+    unknown = sorted(set(args.ours) - set(labels))
+    if unknown:
+        parser.error(f'--ours {unknown[0]!r} is not a variant label; labels: {", ".join(labels)}')
     bad = [r for r in args.keep_ratios if not 0 < r <= 1]
     if bad:
         parser.error(f'--keep-ratios {bad}: each must be in (0, 1]')
@@ -285,12 +297,14 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
           f'{args.dtype} on {hardware}, batch {args.batch}, median of {args.repeats} interleaved rounds, '
           f'{time.perf_counter() - start:.0f} s')
     print_table(points, skipped)
+    equal_speed = equal_speed_rows(points, args.ours)
+    print_equal_speed(equal_speed, args.ours)
 
     config = {k: v for k, v in vars(args).items() if k not in ('out_json', 'out_png', 'parsed_variants')}
     config['variants'] = {label: kwargs for label, kwargs in args.parsed_variants}
     result = dict(config=config, hardware=hardware, device=str(device), dtype=args.dtype,
                   num_images=len(paths), image_names=[p.name for p in paths], points=points,
-                  skipped=skipped)
+                  skipped=skipped, equal_speed=equal_speed)
     if args.out_json:
         Path(args.out_json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out_json).write_text(json.dumps(result, indent=1))

@@ -4,7 +4,7 @@ A point is a dict with at least ``label``, ``keep_ratio``, ``gflops_ratio``, ``s
 ``iou``; the unmodified model is the point labelled :data:`UNMODIFIED`.
 """
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 UNMODIFIED = 'unmodified'
 
@@ -47,6 +47,75 @@ def mark_fronts(points: List[dict]) -> None:
         on_global = set(pareto_front([(sign * p[key], p['iou']) for p in points]))
         for i, p in enumerate(points):
             p[f'global_front_{axis}'] = i in on_global
+
+
+def best_at_speed(curve: Sequence[dict], speed: float) -> Optional[dict]:
+    """The point of ``curve`` with the highest IoU among those at least ``speed`` fast
+    (``speedup_b1``), or None when every point is slower: what a user of that curve can get at
+    that speed without interpolating between measured settings."""
+    fast = [p for p in curve if p['speedup_b1'] >= speed]
+    return max(fast, key=lambda p: p['iou']) if fast else None
+
+
+def interpolated_iou(curve: Sequence[dict], speed: float) -> Optional[float]:
+    """IoU of ``curve``'s speed front, read linearly at ``speed`` between its two neighbouring
+    front points (the unmodified model, at speed-up 1 and IoU 1, is every curve's first point);
+    None outside the measured speeds. An estimate for a setting between measured ones."""
+    front = [curve[i] for i in pareto_front([(p['speedup_b1'], p['iou']) for p in curve])]
+    for slow, fast in zip(front, front[1:]):
+        if slow['speedup_b1'] <= speed <= fast['speedup_b1']:
+            if fast['speedup_b1'] == slow['speedup_b1']:
+                return max(slow['iou'], fast['iou'])
+            t = (speed - slow['speedup_b1']) / (fast['speedup_b1'] - slow['speedup_b1'])
+            return slow['iou'] + t * (fast['iou'] - slow['iou'])
+    return None
+
+
+def equal_speed_rows(points: List[dict], ours: Sequence[str]) -> List[dict]:
+    """For every point of a label not in ``ours`` (a peer), the best of ``ours`` at equal or
+    higher measured speed-up: the issue's test of being on the front against every peer.
+
+    Each row has the peer's ``label``, ``keep_ratio``, ``speedup_b1`` and ``iou``; ``best``
+    (``'label@keep'`` of the best point of ours at least as fast, or None), ``best_speedup``,
+    ``best_iou``, ``margin`` (``best_iou - iou``; None without such a point) and
+    ``interpolated_margin`` (the best of ours read on each curve's front exactly at the peer's
+    speed-up, minus the peer's IoU: see :func:`interpolated_iou`).
+    """
+    groups = _by_label(points)
+    full = [p for p in points if p['label'] == UNMODIFIED]
+    curves = {label: full + groups[label] for label in ours if label in groups}
+    rows = []
+    for label, group in groups.items():
+        if label in curves:
+            continue
+        for peer in sorted(group, key=lambda p: p['keep_ratio']):
+            speed = peer['speedup_b1']
+            candidates = [p for p in (best_at_speed(c, speed) for c in curves.values()) if p is not None]
+            best = max(candidates, key=lambda p: p['iou']) if candidates else None
+            read = [v for v in (interpolated_iou(c, speed) for c in curves.values()) if v is not None]
+            rows.append(dict(label=label, keep_ratio=peer['keep_ratio'], speedup_b1=speed, iou=peer['iou'],
+                             best=None if best is None else f"{best['label']}@{best['keep_ratio']:g}",
+                             best_speedup=None if best is None else best['speedup_b1'],
+                             best_iou=None if best is None else best['iou'],
+                             margin=None if best is None else best['iou'] - peer['iou'],
+                             interpolated_margin=max(read) - peer['iou'] if read else None))
+    return rows
+
+
+def print_equal_speed(rows: List[dict], ours: Sequence[str]) -> None:
+    """The rows of :func:`equal_speed_rows`, with how many peer points ours match or beat."""
+    if not rows:
+        return
+    print(f"\nat equal or higher speed-up, the best of {', '.join(ours)} against each peer point:")
+    print(f"{'peer':<14} {'keep':>5} {'x b1':>6} {'IoU':>6}  {'best of ours':<20} {'x b1':>6} {'IoU':>6} "
+          f"{'margin':>7} {'interp':>7}")
+    fmt = lambda v, spec: '-' if v is None else format(v, spec)   # noqa: E731
+    for r in rows:
+        print(f"{r['label']:<14} {r['keep_ratio']:>5.2f} {r['speedup_b1']:>6.3f} {r['iou']:>6.3f}  "
+              f"{fmt(r['best'], '<20')} {fmt(r['best_speedup'], '>6.3f')} {fmt(r['best_iou'], '>6.3f')} "
+              f"{fmt(r['margin'], '>+7.3f')} {fmt(r['interpolated_margin'], '>+7.3f')}")
+    held = sum(r['margin'] is not None and r['margin'] >= 0 for r in rows)
+    print(f'ours at >= the IoU of {held} of {len(rows)} peer points at equal or higher speed-up')
 
 
 def print_table(points: List[dict], skipped: List[dict]) -> None:
