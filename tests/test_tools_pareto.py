@@ -213,6 +213,7 @@ def test_equal_speed_rows_compare_each_peer_point_with_the_best_of_ours():
     assert r['best'] is None and r['margin'] is None and r['interpolated_margin'] is None
     # The peer's own points never count as ours; no peers, no rows.
     assert equal_speed_rows(points, ['a', 'b', 'tome', 'prune']) == []
+    assert equal_speed_rows(points, []) == [] and equal_speed_rows(points, ['c']) == []
 
 
 def test_ours_defaults_to_the_token_transforming_variants_and_names_a_bad_label():

@@ -84,6 +84,8 @@ def equal_speed_rows(points: List[dict], ours: Sequence[str]) -> List[dict]:
     groups = _by_label(points)
     full = [p for p in points if p['label'] == UNMODIFIED]
     curves = {label: full + groups[label] for label in ours if label in groups}
+    if not curves:   # nothing of ours was measured: there is nothing to compare
+        return []
     rows = []
     for label, group in groups.items():
         if label in curves:
