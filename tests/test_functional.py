@@ -365,3 +365,37 @@ def test_bad_score_stride_is_named(stride):
     q = torch.randn(1, 1, 4, 2)
     with pytest.raises(ValueError, match='score_stride'):
         TF.attention_with_scores(q, q, q, score_stride=stride)
+
+
+@pytest.mark.parametrize('top_k', [None, 2])
+@pytest.mark.parametrize('mixed', [False, True])
+def test_anchor_makes_informative_columns_one_hot_and_keeps_eq5_for_the_others(top_k, mixed):
+    x = clustered_tokens(2, 12, 5, seed=2)
+    scores = torch.rand(2, 12, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    sizes = torch.randint(1, 4, (2, 12)).double()
+    matrix = TF.transform_token_matrix(x, scores, 5, -1.0, 20.0, sizes, top_k=top_k, mixed=mixed,
+                                       anchor=True)
+    ranked = TF.mixed_scores(scores, x) if mixed else scores
+    for b in range(2):
+        # Reference (the paper's m from tests/reference.py), then each informative token's
+        # column one-hot on its own row; top_k keeps the k largest of the other columns'.
+        _, _, m = ref.transform_matrix(x[b], ranked[b], 5, -1.0, 20.0)
+        if top_k is not None:
+            m = torch.where(m >= m.topk(top_k, dim=0).values[-1], m, 0.0)
+            m = m / m.sum(0)
+        keep = sorted(range(12), key=lambda j: -float(ranked[b, j]))[:5]
+        for i, j in enumerate(keep):
+            m[:, j] = 0.0
+            m[i, j] = 1.0
+        mass = m * sizes[b]
+        assert torch.allclose(matrix.dense()[b], mass / mass.sum(1, keepdim=True), atol=1e-10)
+        assert torch.allclose(matrix.sizes[b], mass.sum(1), atol=1e-10)
+        assert matrix.largest_share()[b, keep].tolist() == list(range(5))
+    assert torch.allclose(matrix.apply(x), matrix.dense() @ x, atol=1e-12)
+    assert torch.allclose(matrix.sizes.sum(-1), sizes.sum(-1))
+
+
+def test_anchor_must_be_a_bool():
+    x = clustered_tokens(1, 8, 4, seed=1)
+    with pytest.raises(ValueError, match='anchor=1'):
+        TF.transform_token_matrix(x, torch.rand(1, 8, dtype=torch.float64), 3, 0.5, 150.0, anchor=1)

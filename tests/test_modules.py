@@ -117,6 +117,8 @@ def test_gradients_flow_through_the_module():
     (dict(top_k=0), 'top_k=0'),
     (dict(score_stride=0), 'score_stride=0'),
     (dict(method='tome', top_k=4), "top_k=4 applies only to method='transform'"),
+    (dict(method='tome', anchor=True), "anchor=True applies only to method='transform'"),
+    (dict(anchor='yes'), "anchor='yes'"),
 ])
 def test_bad_config_names_the_key(cfg, needle):
     with pytest.raises(ValueError) as info:

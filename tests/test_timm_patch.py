@@ -107,6 +107,26 @@ def test_score_stride_keeps_the_fused_kernel_in_reducing_blocks_too(sdpa_calls):
         assert torch.equal(model(x), exact)   # score_stride=1 is the default
 
 
+def test_anchor_reaches_the_blocks_and_keeps_informative_tokens_whole():
+    model = make('vit_tiny_patch16_224')
+    x = image(model)
+    tt.apply_patch(model, keep_ratio=0.5, layers=(1,), anchor=True, top_k=2)
+    transform = model.blocks[1].token_transform
+    assert transform.anchor and 'anchor=True' in repr(transform)
+    with torch.no_grad():
+        hidden = model.blocks[0](model._embed(x), TokenState())[0]
+        scores = torch.rand(hidden.shape[:2], generator=torch.Generator().manual_seed(0))
+        out = transform(hidden, num_prefix=1, scores=scores)
+    w, kept = out.matrix.dense(), transform.num_keep(hidden.shape[1] - 1)
+    # Each informative token's column has one non-zero, on its own row: every row has one.
+    single = (w > 0).sum(dim=1) == 1
+    for b in range(w.shape[0]):
+        assert set(w[b].argmax(dim=0)[single[b]].tolist()) == set(range(kept))
+    assert out.tokens.shape[1] == 1 + kept
+    with torch.no_grad():
+        assert torch.isfinite(model(x)).all()
+
+
 def test_block_with_sizes_equals_block_on_duplicated_tokens():
     """Eq. 7: a token of size s attends like s identical copies of itself."""
     torch.manual_seed(0)

@@ -31,6 +31,21 @@ def test_every_step_is_timed_and_the_budget_adds_them(photo_folder, tmp_path):
     assert out.exists()
 
 
+def test_mixed_and_anchored_builds_are_timed_when_asked(photo_folder):
+    results = reduction_cost.main(['--images', str(photo_folder), '--size', '112', '--keep-ratios', '0.7',
+                                   '--dtypes', 'float32', '--repeats', '1', '--warmup', '0',
+                                   '--score-strides', '2', '--top-k', '2', '--mixed', '--anchor'])
+    ms = results['float32 keep 0.7']
+    forms = ['', ' top_k=2', ' anchored', ' anchored top_k=2', ' mixed', ' mixed top_k=2',
+             ' mixed anchored', ' mixed anchored top_k=2']
+    assert [k[len('build'):] for k in ms if k.startswith('build')] == forms
+    assert all(f'apply{f}' in ms for f in forms)
+    lines = reduction_cost.budget_lines(ms, [2], [2])
+    assert len(lines) == 2 * len(forms) * 2
+    assert any(line.lstrip().startswith('scores stride 2, mixed anchored top_k=2, recovery share')
+               for line in lines)
+
+
 @pytest.mark.parametrize('argv,needle', [
     (['--size', '100'], '--size 100'),
     (['--keep-ratios', '1.0'], '--keep-ratios 1.0'),

@@ -83,7 +83,7 @@ def _transform(t: 'TokenTransform', inp: BuildInput) -> TokenMatrix:
     # anyway (one N x N product instead of N x N plus N x M).
     return transform_token_matrix(inp.metric, inp.scores, inp.num_keep, t.kappa, t.tau, inp.sizes,
                                   similarity_kind=t.similarity, orphans=t.orphans, top_k=t.top_k,
-                                  mixed=t.selection == 'mixed')
+                                  mixed=t.selection == 'mixed', anchor=bool(t.anchor))
 
 
 # TokenTransform option -> hourglass_matrix keyword; where a config sets none, the builder's
@@ -125,7 +125,7 @@ def _half(n: int) -> int:
 
 
 _SPECS = (
-    MethodSpec('transform', _transform, 'selection', mixes_scores=True, options=('top_k',),
+    MethodSpec('transform', _transform, 'selection', mixes_scores=True, options=('top_k', 'anchor'),
                windows=True,
                summary='Token Transforming (the paper): many-to-many W, eq. 3-6 and 8'),
     MethodSpec('prune', lambda t, inp: prune_matrix(inp.scores, inp.num_keep, inp.sizes),

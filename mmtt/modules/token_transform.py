@@ -75,6 +75,11 @@ class TokenTransform(nn.Module):
             assignment shares, so applying W costs ``k N C`` instead of ``M N C`` (an option
             beyond the paper for long sequences; see
             :func:`mmtt.functional.transform_token_matrix`). Only with ``method='transform'``.
+        anchor: False (the paper) or True: each informative token's column of W is one-hot on
+            its own row, so only the other N - M tokens are compared with the informative
+            ones (an option beyond the paper, a fraction of the build's work at mild keep
+            ratios; see :func:`mmtt.functional.transform_token_matrix`). Only with
+            ``method='transform'`` and not in Swin's windows.
         score_stride: 1 (the paper's eq. 2): the informative scores sum every query row of
             the attention map. s > 1, an option beyond the paper: the host keeps its fused
             attention kernel and the column sums come from every s-th query row
@@ -97,7 +102,7 @@ class TokenTransform(nn.Module):
                  score_stride: int = 1, margin: Optional[float] = None,
                  protect: Optional[bool] = None, cluster_iters: Optional[int] = None,
                  cluster_window: Optional[int] = None,
-                 cluster_temperature: Optional[float] = None) -> None:
+                 cluster_temperature: Optional[float] = None, anchor: bool = False) -> None:
         super().__init__()
         check_keep_ratio(keep_ratio)   # numpy floats too: np.float32(0.7) is a valid ratio
         check_choice('method', method, METHODS)
@@ -114,11 +119,14 @@ class TokenTransform(nn.Module):
                              'shifts cosine similarities by it)')
         if protect is not None and not isinstance(protect, bool):
             raise ValueError(f'protect={protect!r} must be None, True or False')
+        if not isinstance(anchor, bool):
+            raise ValueError(f'anchor={anchor!r} must be True or False')
         clustering = dict(cluster_iters=cluster_iters, cluster_window=cluster_window,
                           cluster_temperature=cluster_temperature)
         check_clustering(*(CLUSTER_DEFAULTS[k] if v is None else v for k, v in clustering.items()),
                          names=tuple(clustering))
-        options = dict(top_k=top_k, margin=margin, protect=protect, **clustering)
+        # anchor=False is every method's behaviour; only True is the transform's option.
+        options = dict(top_k=top_k, margin=margin, protect=protect, anchor=anchor or None, **clustering)
         for key, owners in OPTION_OWNERS.items():
             if options.get(key) is not None and method not in owners:
                 names = ' or '.join(f'method={m!r}' for m in owners)
@@ -143,6 +151,7 @@ class TokenTransform(nn.Module):
         self.cluster_iters = cluster_iters
         self.cluster_window = cluster_window
         self.cluster_temperature = None if cluster_temperature is None else float(cluster_temperature)
+        self.anchor = anchor
 
     @property
     def spec(self) -> MethodSpec:
@@ -193,7 +202,7 @@ class TokenTransform(nn.Module):
                     orphans=self.orphans, top_k=self.top_k, score_stride=self.score_stride,
                     margin=self.margin, protect=self.protect, cluster_iters=self.cluster_iters,
                     cluster_window=self.cluster_window,
-                    cluster_temperature=self.cluster_temperature)
+                    cluster_temperature=self.cluster_temperature, anchor=self.anchor)
 
     def forward(self, x: Tensor, sizes: Optional[Tensor] = None, *, num_prefix: int = 0,
                 scores: Optional[Tensor] = None, metric: Optional[Tensor] = None,

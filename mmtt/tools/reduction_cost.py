@@ -13,7 +13,8 @@ across runs.
 
 Steps: ``sdpa`` (the block's own attention, what an unreduced block pays anyway), ``scores``
 (attention with the eq. 2 column sums, exact or with ``score_stride``), ``build`` and ``apply``
-(W of eq. 3-8 and ``W X``; dense, or ``top_k``), ``recovery`` (eq. 9's nearest-neighbour index,
+(W of eq. 3-8 and ``W X``; dense, or ``top_k``; with ``--mixed`` and ``--anchor`` also those
+options' builds), ``recovery`` (eq. 9's nearest-neighbour index,
 or ``share``, read off the build), and ``tome`` (ToMe's build + apply). The budget line adds a
 Token Transforming reduction's cost beyond plain SDPA and compares it with ToMe's.
 """
@@ -53,8 +54,23 @@ def capture_block_inputs(size: int, layer: int, images: Sequence[Path], device: 
     return {'x': x, 'q': attn.q_norm(q), 'k': attn.k_norm(k), 'v': v}
 
 
+def build_forms(top_ks: Sequence[int], mixed: bool = False, anchor: bool = False) -> Dict[str, dict]:
+    """Label suffix -> :func:`mmtt.functional.transform_token_matrix` keywords of every W build
+    timed: dense and each ``top_k``, with the paper's selection and, if asked, ``mixed`` and
+    ``anchor`` (``''`` is the paper's dense build)."""
+    forms = {}
+    for selection in (False, True) if mixed else (False,):
+        for anchored in (False, True) if anchor else (False,):
+            for k in [None, *top_ks]:
+                label = ((' mixed' if selection else '') + (' anchored' if anchored else '')
+                         + ('' if k is None else f' top_k={k}'))
+                forms[label] = dict(top_k=k, mixed=selection, anchor=anchored)
+    return forms
+
+
 def steps_for(inputs: Dict[str, Tensor], keep_ratio: float, kappa: float, tau: float, strides: Sequence[int],
-              top_ks: Sequence[int], dtype: torch.dtype) -> Dict[str, Callable[[], object]]:
+              top_ks: Sequence[int], dtype: torch.dtype, mixed: bool = False,
+              anchor: bool = False) -> Dict[str, Callable[[], object]]:
     """The timed steps of one reduction at ``keep_ratio`` (prefix token excluded, as hosts do)."""
     half = dtype != torch.float32
     q, k, v = (inputs[n].to(dtype) if half else inputs[n] for n in 'qkv')
@@ -67,12 +83,11 @@ def steps_for(inputs: Dict[str, Tensor], keep_ratio: float, kappa: float, tau: f
              'scores': lambda: TF.attention_with_scores(q, k, v)}
     for s in strides:
         steps[f'scores stride {s}'] = lambda s=s: TF.attention_with_scores(q, k, v, score_stride=s)
-    steps['build'] = lambda: TF.transform_token_matrix(x, scores, num_keep, kappa, tau)
-    steps['apply'] = lambda: dense.apply(x)
-    for kk in top_ks:
-        sparse = TF.transform_token_matrix(x, scores, num_keep, kappa, tau, top_k=kk)
-        steps[f'build top_k={kk}'] = lambda kk=kk: TF.transform_token_matrix(x, scores, num_keep, kappa, tau, top_k=kk)
-        steps[f'apply top_k={kk}'] = lambda sparse=sparse: sparse.apply(x)
+    for label, kwargs in build_forms(top_ks, mixed, anchor).items():
+        build = lambda kwargs=kwargs: TF.transform_token_matrix(x, scores, num_keep, kappa, tau, **kwargs)  # noqa: E731
+        matrix = build()
+        steps['build' + label] = build
+        steps['apply' + label] = lambda matrix=matrix: matrix.apply(x)
     steps['recovery nearest'] = lambda: TF.nearest_recovery_index(x, y)
     steps['recovery share'] = lambda: dense.largest_share()
     steps['tome'] = lambda: TF.tome_matrix(x, max(num_keep, (x.shape[1] + 1) // 2)).apply(x)
@@ -84,7 +99,8 @@ def measure(inputs: Dict[str, Tensor], args: argparse.Namespace, dtype_name: str
     dtype = DTYPES[dtype_name]
     device = inputs['x'].device
     with torch.no_grad(), autocast(device, dtype):
-        steps = steps_for(inputs, keep_ratio, args.kappa, args.tau, args.score_strides, args.top_k, dtype)
+        steps = steps_for(inputs, keep_ratio, args.kappa, args.tau, args.score_strides, args.top_k, dtype,
+                          args.mixed, args.anchor)
         for fn in steps.values():
             for _ in range(args.warmup):
                 fn()
@@ -97,13 +113,18 @@ def measure(inputs: Dict[str, Tensor], args: argparse.Namespace, dtype_name: str
 
 def budget_lines(ms: Dict[str, float], strides: Sequence[int], top_ks: Sequence[int]) -> List[str]:
     """A Token Transforming reduction beyond plain SDPA (scores - sdpa + build + apply +
-    recovery), as a multiple of ToMe's build + apply, for each combination measured."""
+    recovery), as a multiple of ToMe's build + apply, for each combination measured (every
+    build form in ``ms``; ``top_ks`` is kept for callers, the forms are read off ``ms``)."""
+    forms = [key[len('build'):] for key in ms if key.startswith('build')]
     lines = []
     for score in ['scores'] + [f'scores stride {s}' for s in strides]:
-        for form in [''] + [f' top_k={k}' for k in top_ks]:
+        for form in forms:
             for recovery in ('recovery nearest', 'recovery share'):
                 total = ms[score] - ms['sdpa'] + ms['build' + form] + ms['apply' + form] + ms[recovery]
-                lines.append(f'  {score + "," + (form or " dense") + ", " + recovery:<52} '
+                desc = form.strip() or 'dense'
+                if form and 'top_k' not in form:
+                    desc += ' dense'
+                lines.append(f'  {score + ", " + desc + ", " + recovery:<62} '
                              f'{total:7.2f} ms = {total / ms["tome"]:5.2f} x ToMe')
     return lines
 
@@ -120,6 +141,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--tau', type=float, default=150.0)
     parser.add_argument('--score-strides', type=int, nargs='*', default=[4])
     parser.add_argument('--top-k', type=int, nargs='*', default=[4])
+    parser.add_argument('--mixed', action='store_true',
+                        help="also time the builds with selection='mixed' (its N x N similarity)")
+    parser.add_argument('--anchor', action='store_true',
+                        help='also time the builds with anchor=True (informative columns one-hot)')
     parser.add_argument('--warmup', type=int, default=3)
     parser.add_argument('--repeats', type=int, default=15)
     parser.add_argument('--threads', type=int, default=None, help="CPU threads (default: torch's)")
@@ -158,7 +183,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, float]]:
             print(f'\n{dtype_name}, keep {keep} (N = {n}, M = {round(keep * n)}), batch {args.batch}, '
                   f'{hardware}, median of {args.repeats} interleaved rounds (ms):')
             for name, t in ms.items():
-                print(f'  {name:<24} {t:8.2f}')
+                print(f'  {name:<32} {t:8.2f}')
             print('  Token Transforming beyond plain SDPA (scores - sdpa + build + apply + recovery):')
             print('\n'.join(budget_lines(ms, args.score_strides, args.top_k)))
     if args.json:

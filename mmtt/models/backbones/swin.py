@@ -244,9 +244,10 @@ class TokenSwinTransformer(SwinTransformer):
         if not transform.spec.windows:
             raise ValueError(f'token_transform.method={transform.method!r} is not supported in '
                              f'windows; use {" or ".join(map(repr, WINDOW_METHODS))}')
-        if transform.top_k is not None:
-            raise ValueError(f'token_transform.top_k={transform.top_k} is not supported in windows '
-                             '(W spans one window, so it is small already); leave it out')
+        for key in ('top_k', 'anchor'):
+            if getattr(transform, key, None):
+                raise ValueError(f'token_transform.{key}={getattr(transform, key)} is not supported '
+                                 'in windows (W spans one window, so it is small already); leave it out')
         if transform.selection not in ('informative', 'uniform'):
             raise ValueError(f'token_transform.selection={transform.selection!r} is not supported '
                              "(Swin has no class token); use 'informative' or 'uniform'")
