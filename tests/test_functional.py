@@ -399,3 +399,31 @@ def test_anchor_must_be_a_bool():
     x = clustered_tokens(1, 8, 4, seed=1)
     with pytest.raises(ValueError, match='anchor=1'):
         TF.transform_token_matrix(x, torch.rand(1, 8, dtype=torch.float64), 3, 0.5, 150.0, anchor=1)
+
+
+@pytest.mark.parametrize('stride', [1, 3])
+def test_strided_distinctness_is_the_closest_of_every_sth_other_token(stride):
+    x = clustered_tokens(2, 11, 4, seed=6)
+    got = TF.distinctness_scores(x, stride)
+    for b in range(2):
+        for j in range(11):
+            others = [k for k in range(0, 11, stride) if k != j]
+            want = -max(ref.cosine(x[b, j], x[b, k]) for k in others)
+            assert got[b, j].item() == pytest.approx(want, abs=1e-12)
+    with pytest.raises(ValueError, match='distinct_stride=0'):
+        TF.distinctness_scores(x, 0)
+
+
+@pytest.mark.parametrize('top_k,anchor', [(None, False), (3, False), (3, True)])
+def test_mixed_build_with_a_distinct_stride_equals_strided_mixed_scores_then_the_build(top_k, anchor):
+    x = clustered_tokens(2, 40, 8, seed=3)
+    informative = torch.rand(2, 40, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    sizes = torch.randint(1, 4, (2, 40)).double()
+    strided = TF.transform_token_matrix(x, informative, 12, 0.3, 150.0, sizes, top_k=top_k,
+                                        mixed=True, anchor=anchor, distinct_stride=4)
+    separate = TF.transform_token_matrix(x, TF.mixed_scores(informative, x, 4), 12, 0.3, 150.0,
+                                         sizes, top_k=top_k, anchor=anchor)
+    assert torch.allclose(strided.dense(), separate.dense(), atol=1e-12)
+    assert torch.equal(strided.largest_share(), separate.largest_share())
+    # (and the stride does change the ranking here, so the equality above is not the exact one's)
+    assert not torch.equal(TF.mixed_scores(informative, x, 4), TF.mixed_scores(informative, x))

@@ -119,6 +119,8 @@ def test_gradients_flow_through_the_module():
     (dict(method='tome', top_k=4), "top_k=4 applies only to method='transform'"),
     (dict(method='tome', anchor=True), "anchor=True applies only to method='transform'"),
     (dict(anchor='yes'), "anchor='yes'"),
+    (dict(distinct_stride=0, selection='mixed'), 'distinct_stride=0'),
+    (dict(distinct_stride=4), "distinct_stride=4 applies only to selection='mixed'"),
 ])
 def test_bad_config_names_the_key(cfg, needle):
     with pytest.raises(ValueError) as info:

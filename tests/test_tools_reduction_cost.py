@@ -34,7 +34,8 @@ def test_every_step_is_timed_and_the_budget_adds_them(photo_folder, tmp_path):
 def test_mixed_and_anchored_builds_are_timed_when_asked(photo_folder):
     results = reduction_cost.main(['--images', str(photo_folder), '--size', '112', '--keep-ratios', '0.7',
                                    '--dtypes', 'float32', '--repeats', '1', '--warmup', '0',
-                                   '--score-strides', '2', '--top-k', '2', '--mixed', '--anchor'])
+                                   '--score-strides', '2', '--top-k', '2', '--mixed', '--anchor',
+                                   '--distinct-stride', '4'])
     ms = results['float32 keep 0.7']
     forms = ['', ' top_k=2', ' anchored', ' anchored top_k=2', ' mixed', ' mixed top_k=2',
              ' mixed anchored', ' mixed anchored top_k=2']
@@ -51,6 +52,7 @@ def test_mixed_and_anchored_builds_are_timed_when_asked(photo_folder):
     (['--keep-ratios', '1.0'], '--keep-ratios 1.0'),
     (['--top-k', '0'], '--top-k'),
     (['--layer', '12'], '--layer 12'),
+    (['--distinct-stride', '0'], '--distinct-stride'),
 ])
 def test_bad_arguments_are_named(argv, needle, capsys):
     with pytest.raises(SystemExit):

@@ -124,3 +124,9 @@ def check_choice(name: str, value: str, choices: Sequence[str]) -> None:
 def check_score_stride(stride: int) -> None:
     if not isinstance(stride, int) or isinstance(stride, bool) or stride < 1:
         raise ValueError(f'score_stride={stride!r} must be an int >= 1 (1: every query row, the paper\'s eq. 2)')
+
+
+def check_distinct_stride(stride: int) -> None:
+    if not isinstance(stride, int) or isinstance(stride, bool) or stride < 1:
+        raise ValueError(f'distinct_stride={stride!r} must be an int >= 1 (1: every other token, '
+                         'the exact distinctness)')

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._checks import check_score_stride, check_tensor
+from ._checks import check_distinct_stride, check_score_stride, check_tensor
 
 # Elements of one [B, heads, rows, N] logits block in attention_with_scores (4 MiB in float32):
 # blocks that stay in cache measured fastest on CPU (ViT-S at 1025 and ViT-L at 1601 tokens).
@@ -158,16 +158,24 @@ def uniform_scores(batch: int, num_tokens: int, num_keep: int, device=None) -> T
     return scores.expand(batch, num_tokens)
 
 
-def distinctness_scores(x: Tensor) -> Tensor:
+def distinctness_scores(x: Tensor, stride: int = 1) -> Tensor:
     """How unlike its closest other token each token is: ``-max_{k != j} cos(x_j, x_k)``, ``[B, N]``.
 
     Args:
         x: tokens ``[B, N, C]``.
+        stride: 1 (exact): the closest of all other tokens. s > 1: the closest of every s-th
+            token (``k = 0, s, 2s, ...``), an ``N^2 C / s`` estimate; only the ranking is used
+            (:func:`mixed_scores`), and the README gives the measured fidelity.
     """
     check_tensor('x', x, 3)
+    check_distinct_stride(stride)
     unit = F.normalize(x.to(torch.promote_types(x.dtype, torch.float32)), dim=-1)
     with torch.autocast(x.device.type, enabled=False):   # the ranking is read in float32
-        sim = unit @ unit.transpose(1, 2)
+        sim = unit @ unit[:, ::stride].transpose(1, 2)
+    if stride > 1:   # a token is not its own neighbour: token j = k s is column k
+        ids = torch.arange(sim.shape[1], device=sim.device)
+        self_pairs = ids[:, None] == ids[::stride][None, :]
+        return -sim.masked_fill(self_pairs, -2.0).amax(dim=-1)
     if torch.jit.is_tracing():   # ONNX's TorchScript exporter loses in-place writes to a view
         ids = torch.arange(sim.shape[-1], device=sim.device)
         self_pairs = ids[:, None] == ids
@@ -176,15 +184,16 @@ def distinctness_scores(x: Tensor) -> Tensor:
     return -sim.amax(dim=-1)
 
 
-def mixed_scores(informative: Tensor, x: Tensor) -> Tensor:
-    """Rank of the eq. 2 score plus rank of :func:`distinctness_scores`: ``[B, N]``.
+def mixed_scores(informative: Tensor, x: Tensor, stride: int = 1) -> Tensor:
+    """Rank of the eq. 2 score plus rank of :func:`distinctness_scores` (with ``stride``):
+    ``[B, N]``.
 
     Informative tokens that are also unlike the others rank first. An option beside the
     paper's criterion: eq. 2 alone can pick near-duplicates of one attended region, whose
     rows of W then cover the same tokens (see the README's ablation).
     """
     check_tensor('informative', informative, 2, x.shape[:2])
-    return rank_sum(informative, distinctness_scores(x))
+    return rank_sum(informative, distinctness_scores(x, stride))
 
 
 def rank_sum(informative: Tensor, distinct: Tensor) -> Tensor:

@@ -83,7 +83,8 @@ def _transform(t: 'TokenTransform', inp: BuildInput) -> TokenMatrix:
     # anyway (one N x N product instead of N x N plus N x M).
     return transform_token_matrix(inp.metric, inp.scores, inp.num_keep, t.kappa, t.tau, inp.sizes,
                                   similarity_kind=t.similarity, orphans=t.orphans, top_k=t.top_k,
-                                  mixed=t.selection == 'mixed', anchor=bool(t.anchor))
+                                  mixed=t.selection == 'mixed', anchor=bool(t.anchor),
+                                  distinct_stride=t.distinct_stride)
 
 
 # TokenTransform option -> hourglass_matrix keyword; where a config sets none, the builder's

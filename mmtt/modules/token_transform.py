@@ -8,6 +8,7 @@ from torch import Tensor, nn
 from ..functional import ORPHAN_RULES, SIMILARITIES, TokenMatrix, mixed_scores, uniform_scores
 from ..functional._checks import (
     check_choice,
+    check_distinct_stride,
     check_floating,
     check_kappa,
     check_keep_ratio,
@@ -80,6 +81,9 @@ class TokenTransform(nn.Module):
             ones (an option beyond the paper, a fraction of the build's work at mild keep
             ratios; see :func:`mmtt.functional.transform_token_matrix`). Only with
             ``method='transform'`` and not in Swin's windows.
+        distinct_stride: with ``selection='mixed'``: 1 (exact) or s > 1: a token's
+            distinctness is its similarity to the closest of every s-th token, ``1 / s`` of the
+            ``N x N`` comparison (:func:`mmtt.functional.distinctness_scores`).
         score_stride: 1 (the paper's eq. 2): the informative scores sum every query row of
             the attention map. s > 1, an option beyond the paper: the host keeps its fused
             attention kernel and the column sums come from every s-th query row
@@ -102,7 +106,8 @@ class TokenTransform(nn.Module):
                  score_stride: int = 1, margin: Optional[float] = None,
                  protect: Optional[bool] = None, cluster_iters: Optional[int] = None,
                  cluster_window: Optional[int] = None,
-                 cluster_temperature: Optional[float] = None, anchor: bool = False) -> None:
+                 cluster_temperature: Optional[float] = None, anchor: bool = False,
+                 distinct_stride: int = 1) -> None:
         super().__init__()
         check_keep_ratio(keep_ratio)   # numpy floats too: np.float32(0.7) is a valid ratio
         check_choice('method', method, METHODS)
@@ -121,6 +126,10 @@ class TokenTransform(nn.Module):
             raise ValueError(f'protect={protect!r} must be None, True or False')
         if not isinstance(anchor, bool):
             raise ValueError(f'anchor={anchor!r} must be True or False')
+        check_distinct_stride(distinct_stride)
+        if distinct_stride != 1 and selection != 'mixed':
+            raise ValueError(f'distinct_stride={distinct_stride} applies only to '
+                             f"selection='mixed', got selection={selection!r}")
         clustering = dict(cluster_iters=cluster_iters, cluster_window=cluster_window,
                           cluster_temperature=cluster_temperature)
         check_clustering(*(CLUSTER_DEFAULTS[k] if v is None else v for k, v in clustering.items()),
@@ -152,6 +161,7 @@ class TokenTransform(nn.Module):
         self.cluster_window = cluster_window
         self.cluster_temperature = None if cluster_temperature is None else float(cluster_temperature)
         self.anchor = anchor
+        self.distinct_stride = distinct_stride
 
     @property
     def spec(self) -> MethodSpec:
@@ -202,7 +212,8 @@ class TokenTransform(nn.Module):
                     orphans=self.orphans, top_k=self.top_k, score_stride=self.score_stride,
                     margin=self.margin, protect=self.protect, cluster_iters=self.cluster_iters,
                     cluster_window=self.cluster_window,
-                    cluster_temperature=self.cluster_temperature, anchor=self.anchor)
+                    cluster_temperature=self.cluster_temperature, anchor=self.anchor,
+                    distinct_stride=self.distinct_stride)
 
     def forward(self, x: Tensor, sizes: Optional[Tensor] = None, *, num_prefix: int = 0,
                 scores: Optional[Tensor] = None, metric: Optional[Tensor] = None,
@@ -265,7 +276,7 @@ class TokenTransform(nn.Module):
             if self.selection == 'uniform':
                 scores = uniform_scores(batch, n - num_prefix, num_keep, device=x.device)
             elif self.selection == 'mixed' and not spec.mixes_scores:
-                scores = mixed_scores(scores, feats)
+                scores = mixed_scores(scores, feats, self.distinct_stride)
         matrix = spec.build(self, BuildInput(feats, scores, num_keep, token_sizes, num_prefix,
                                              grid_size))
         reduced = matrix.apply(tokens)
@@ -277,6 +288,8 @@ class TokenTransform(nn.Module):
         text = (f'keep_ratio={self.keep_ratio}, method={self.method!r}, kappa={self.kappa}, '
                 f'tau={self.tau}, selection={self.selection!r}, similarity={self.similarity!r}, '
                 f'orphans={self.orphans!r}, top_k={self.top_k}, score_stride={self.score_stride}')
+        if self.selection == 'mixed':
+            text += f', distinct_stride={self.distinct_stride}'
         # The options only some methods read, where this method reads them (top_k is above).
         for key in self.spec.options:
             if key != 'top_k':

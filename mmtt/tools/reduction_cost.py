@@ -54,23 +54,25 @@ def capture_block_inputs(size: int, layer: int, images: Sequence[Path], device: 
     return {'x': x, 'q': attn.q_norm(q), 'k': attn.k_norm(k), 'v': v}
 
 
-def build_forms(top_ks: Sequence[int], mixed: bool = False, anchor: bool = False) -> Dict[str, dict]:
+def build_forms(top_ks: Sequence[int], mixed: bool = False, anchor: bool = False,
+                distinct_stride: int = 1) -> Dict[str, dict]:
     """Label suffix -> :func:`mmtt.functional.transform_token_matrix` keywords of every W build
-    timed: dense and each ``top_k``, with the paper's selection and, if asked, ``mixed`` and
-    ``anchor`` (``''`` is the paper's dense build)."""
+    timed: dense and each ``top_k``, with the paper's selection and, if asked, ``mixed`` (at
+    ``distinct_stride``) and ``anchor`` (``''`` is the paper's dense build)."""
     forms = {}
     for selection in (False, True) if mixed else (False,):
         for anchored in (False, True) if anchor else (False,):
             for k in [None, *top_ks]:
                 label = ((' mixed' if selection else '') + (' anchored' if anchored else '')
                          + ('' if k is None else f' top_k={k}'))
-                forms[label] = dict(top_k=k, mixed=selection, anchor=anchored)
+                forms[label] = dict(top_k=k, mixed=selection, anchor=anchored,
+                                    distinct_stride=distinct_stride if selection else 1)
     return forms
 
 
 def steps_for(inputs: Dict[str, Tensor], keep_ratio: float, kappa: float, tau: float, strides: Sequence[int],
               top_ks: Sequence[int], dtype: torch.dtype, mixed: bool = False,
-              anchor: bool = False) -> Dict[str, Callable[[], object]]:
+              anchor: bool = False, distinct_stride: int = 1) -> Dict[str, Callable[[], object]]:
     """The timed steps of one reduction at ``keep_ratio`` (prefix token excluded, as hosts do)."""
     half = dtype != torch.float32
     q, k, v = (inputs[n].to(dtype) if half else inputs[n] for n in 'qkv')
@@ -83,7 +85,7 @@ def steps_for(inputs: Dict[str, Tensor], keep_ratio: float, kappa: float, tau: f
              'scores': lambda: TF.attention_with_scores(q, k, v)}
     for s in strides:
         steps[f'scores stride {s}'] = lambda s=s: TF.attention_with_scores(q, k, v, score_stride=s)
-    for label, kwargs in build_forms(top_ks, mixed, anchor).items():
+    for label, kwargs in build_forms(top_ks, mixed, anchor, distinct_stride).items():
         build = lambda kwargs=kwargs: TF.transform_token_matrix(x, scores, num_keep, kappa, tau, **kwargs)  # noqa: E731
         matrix = build()
         steps['build' + label] = build
@@ -100,7 +102,7 @@ def measure(inputs: Dict[str, Tensor], args: argparse.Namespace, dtype_name: str
     device = inputs['x'].device
     with torch.no_grad(), autocast(device, dtype):
         steps = steps_for(inputs, keep_ratio, args.kappa, args.tau, args.score_strides, args.top_k, dtype,
-                          args.mixed, args.anchor)
+                          args.mixed, args.anchor, args.distinct_stride)
         for fn in steps.values():
             for _ in range(args.warmup):
                 fn()
@@ -143,6 +145,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--top-k', type=int, nargs='*', default=[4])
     parser.add_argument('--mixed', action='store_true',
                         help="also time the builds with selection='mixed' (its N x N similarity)")
+    parser.add_argument('--distinct-stride', type=int, default=1,
+                        help="with --mixed: the mixed builds' distinct_stride")
     parser.add_argument('--anchor', action='store_true',
                         help='also time the builds with anchor=True (informative columns one-hot)')
     parser.add_argument('--warmup', type=int, default=3)
@@ -159,7 +163,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         if not 0 < r < 1:
             parser.error(f'--keep-ratios {r}: each must be in (0, 1)')
     for name, values in (('--score-strides', args.score_strides), ('--top-k', args.top_k),
-                         ('--batch', [args.batch]), ('--repeats', [args.repeats])):
+                         ('--batch', [args.batch]), ('--repeats', [args.repeats]),
+                         ('--distinct-stride', [args.distinct_stride])):
         if any(v < 1 for v in values):
             parser.error(f'{name} {values}: each must be >= 1')
     return args
