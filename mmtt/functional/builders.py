@@ -282,8 +282,11 @@ def _anchored_matrix(logits: Tensor, keep: Tensor, other: Tensor, kappa: float, 
     logits of the other tokens only (``[B, N - M, M]``; ``keep: [B, M]``, ``other: [B, N - M]``)."""
     batch, num_out = keep.shape
     own_row = torch.arange(num_out, device=keep.device).expand(batch, -1)
-    # Token order -> position in [other tokens; informative tokens], the order computed in.
-    back = torch.cat([other, keep], dim=1).argsort(dim=1)
+    # Token order -> position in [other tokens; informative tokens], the order computed in
+    # (the inverse of that permutation, by one scatter).
+    order = torch.cat([other, keep], dim=1)
+    positions = torch.arange(order.shape[1], device=order.device).expand_as(order)
+    back = torch.empty_like(order).scatter_(1, order, positions)
     if top_k is None:
         shares, nearest = _shares(logits, kappa, tau, orphans)
         own = F.one_hot(own_row, num_out).to(shares.dtype)
@@ -291,7 +294,7 @@ def _anchored_matrix(logits: Tensor, keep: Tensor, other: Tensor, kappa: float, 
         return _mass_from_shares(mass, torch.cat([nearest, own_row], dim=1).gather(1, back), sizes)
     rows, share = _top_k_shares(logits, kappa, tau, orphans, top_k)
     own_rows = own_row[..., None].expand(-1, -1, rows.shape[-1])
-    own_share = torch.zeros_like(share[:, :1]).expand(-1, num_out, -1).clone()
+    own_share = share.new_zeros(batch, num_out, share.shape[-1])
     own_share[..., 0] = 1.0
     rows = _gather_tokens(torch.cat([rows, own_rows], dim=1), back)
     share = _gather_tokens(torch.cat([share, own_share], dim=1), back)

