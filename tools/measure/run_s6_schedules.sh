@@ -13,3 +13,9 @@ $PY tools/pareto.py $COMMON --keep-ratios 0.9 0.93 0.95 0.97 --variants \
   tome-hidden-all=method:tome,metric:hidden,layers:1-2-3-4-5-6-7-8-9-10-11 \
   tome-all=method:tome,layers:1-2-3-4-5-6-7-8-9-10-11 \
   --out-json outputs/probe_s6_sched_all.json --out-png outputs/probe_s6_sched_all.png 2>&1 | grep -v fwd/s
+# Schedules toward IoU >= 0.90 at >= x1.8 (mixed, score_stride 4, top_k 4): two, three and four
+# reductions, earlier blocks, tau 75 / 300; keep 0.4-0.6.
+S4=selection:mixed,kappa:0.3,recovery:share,top_k:4,score_stride:4
+$PY tools/pareto.py $COMMON --keep-ratios 0.4 0.45 0.5 0.55 0.6 --variants m369=$S4 m258=$S4,layers:2-5-8 \
+  m3579=$S4,layers:3-5-7-9 m2468=$S4,layers:2-4-6-8 m36=$S4,layers:3-6 m369-t300=$S4,tau:300 m369-t75=$S4,tau:75 \
+  --out-json outputs/probe_s6_x18.json --out-png outputs/probe_s6_x18.png 2>&1 | grep -v fwd/s
