@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from ..functional import attention_with_scores
 from ..functional._checks import check_kwargs, check_layers
 from .methods import default_metric
+from .presets import PRESETS
 from .token_recovery import TokenRecovery
 from .token_transform import TokenTransform
 
@@ -196,39 +197,50 @@ class PatchSettings(NamedTuple):
         return TokenTransform(**self.transform).for_layer(index, depth)
 
 
-def patch_settings(presets: Mapping[str, dict], depth: int, what: str, *, method: str,
-                   keep_ratio: float, reduce_layers: Optional[Sequence[int]], kappa: float,
-                   tau: float, metric: Optional[str], preset: Optional[str],
+def patch_settings(schedules: Mapping[str, dict], depth: int, what: str, *, method: Optional[str],
+                   keep_ratio: float, reduce_layers: Optional[Sequence[int]], kappa: Optional[float],
+                   tau: Optional[float], metric: Optional[str], preset: Optional[str],
+                   schedule: Optional[str] = None,
                    recover: Union[bool, str, Mapping[str, Any]] = False,
                    layers: Optional[Sequence[int]] = None,
                    transform_kwargs: Optional[Mapping[str, Any]] = None) -> PatchSettings:
-    """The arguments every ``apply_patch`` shares, checked: ``preset`` (from ``presets``, overriding
-    ``keep_ratio`` and ``reduce_layers``), ``layers`` (the earlier name of ``reduce_layers``),
-    ``metric`` (default from the method table), the layer indices against ``depth`` (``what``
-    names it in the error), every ``TokenTransform`` setting (checked even when no block
-    reduces: a typo must not pass silently) and ``recover`` (True: eq. 9, a recovery mode, or
-    ``TokenRecovery`` arguments as a dict, e.g. ``dict(mode='reconstruct', temperature=10)``)."""
+    """The arguments every ``apply_patch`` shares, checked: ``preset`` (a name from
+    :data:`mmtt.modules.presets.PRESETS`, filling in the method options left out; a name from
+    ``schedules`` is taken as ``schedule``, its meaning before the method presets), ``schedule``
+    (from ``schedules``, overriding ``keep_ratio`` and ``reduce_layers``), ``layers`` (the earlier
+    name of ``reduce_layers``), ``metric`` (default from the method table), the layer indices
+    against ``depth`` (``what`` names it in the error), every ``TokenTransform`` setting (checked
+    even when no block reduces: a typo must not pass silently) and ``recover`` (True: the
+    preset's recovery mode, eq. 9 without one; a recovery mode; or ``TokenRecovery`` arguments
+    as a dict, e.g. ``dict(mode='reconstruct', temperature=10)``)."""
+    if preset in schedules and preset not in PRESETS:
+        if schedule is not None:
+            raise ValueError(f'preset={preset!r} is a schedule; give it as schedule= alone')
+        preset, schedule = None, preset
     if layers is not None:
         reduce_layers = layers
-    if preset is not None:
-        if preset not in presets:
-            raise ValueError(f'unknown preset={preset!r}; choose one of {sorted(presets)}')
-        keep_ratio, reduce_layers = presets[preset]['keep_ratio'], presets[preset]['reduce_layers']
+    if schedule is not None:
+        if schedule not in schedules:
+            raise ValueError(f'unknown schedule={schedule!r}; choose one of {sorted(schedules)}')
+        keep_ratio, reduce_layers = schedules[schedule]['keep_ratio'], schedules[schedule]['reduce_layers']
     key = 'layers' if layers is not None else 'reduce_layers'
     if reduce_layers is None:
-        raise ValueError(f'{key}=None: give the blocks to reduce after, or a preset '
-                         f'({", ".join(sorted(presets))})')
+        raise ValueError(f'{key}=None: give the blocks to reduce after, or a schedule '
+                         f'({", ".join(sorted(schedules))})')
+    transform_kwargs = dict(transform_kwargs or {})
+    check_kwargs('apply_patch', transform_kwargs, TokenTransform.__init__)
+    settings = dict(keep_ratio=keep_ratio, method=method, kappa=kappa, tau=tau, preset=preset,
+                    **transform_kwargs)
+    method = TokenTransform(**settings).method   # checks every setting, resolves the preset
     metric = metric or default_metric(method)
     if metric not in ('hidden', 'keys'):
         raise ValueError(f"unknown metric={metric!r}; choose 'hidden' or 'keys'")
     reduce_layers = check_reduce_layers(key, reduce_layers, depth, what)
-    transform_kwargs = dict(transform_kwargs or {})
-    check_kwargs('apply_patch', transform_kwargs, TokenTransform.__init__)
-    settings = dict(keep_ratio=keep_ratio, method=method, kappa=kappa, tau=tau, **transform_kwargs)
-    TokenTransform(**settings)
+    if recover is True:
+        recover = PRESETS[preset].recovery if preset is not None else 'nearest'
     if isinstance(recover, Mapping):
         check_kwargs('recover', recover, TokenRecovery.__init__)
         recovery = TokenRecovery(**recover)
     else:
-        recovery = TokenRecovery('nearest' if recover is True else recover) if recover else None
+        recovery = TokenRecovery(recover) if recover else None
     return PatchSettings(key, reduce_layers, settings, metric == 'keys', recovery)

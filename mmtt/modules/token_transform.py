@@ -1,5 +1,5 @@
 """The registry-facing token-reduction module: one config dict picks the method."""
-from typing import NamedTuple, Optional, Tuple
+from typing import NamedTuple, Optional, Tuple, Union
 
 import torch
 from mmengine.registry import MODELS
@@ -22,6 +22,7 @@ from ..functional._checks import (
 )
 from ..functional.peers import check_clustering, check_grid_size
 from .methods import CLUSTER_DEFAULTS, METHODS, OPTION_OWNERS, BuildInput, MethodSpec, method_spec
+from .presets import PRESETS, preset_settings
 
 SELECTIONS = ('informative', 'cls', 'uniform', 'mixed')
 
@@ -49,8 +50,15 @@ class TokenTransform(nn.Module):
     builder, the scores it needs, its keep floor, its options) are its entry in
     :data:`mmtt.modules.methods.METHOD_SPECS`.
 
+    The options a preset sets (``method``, ``kappa``, ``tau``, ``selection``, ``similarity``,
+    ``orphans``, ``top_k``, ``score_stride``, ``anchor``, ``distinct_stride``) default to None:
+    the value of ``preset`` (:data:`mmtt.modules.presets.PRESETS`), or without one the paper's
+    (``'transform'``, 0.55, 150, ``'informative'``, ``'cosine'``, ``'spread'``, None, 1, False, 1).
+    An option given explicitly wins over the preset's.
+
     Args:
         keep_ratio: fraction of the non-prefix tokens kept, in (0, 1]; 1 is an exact no-op.
+        preset: ``'paper'`` or ``'fast'`` (see ``docs/presets.md``), or None.
         method: ``'transform'`` (Token Transforming, many-to-many), ``'prune'``, ``'evit'``
             (keep the most class-attended, fuse the rest into one token), ``'tome'``
             (bipartite soft matching as ToMe's code runs it, A/B split and output order
@@ -88,6 +96,8 @@ class TokenTransform(nn.Module):
             the attention map. s > 1, an option beyond the paper: the host keeps its fused
             attention kernel and the column sums come from every s-th query row
             (:func:`mmtt.functional.sampled_attention_scores`), 1 / s of the work.
+            ``'auto'``: 8 where the attention runs in float32, 1 in lower precision (where the
+            exact sums cost about what the fused kernel does).
         margin: PiToMe's energy margin in [-1, 1], only with ``method='pitome'``. None: the
             authors' DeiT schedule ``0.75 - 0.75 l / L`` where the host gives the block
             position (:meth:`for_layer`; timm and mmseg do), else their function default 0.5.
@@ -100,15 +110,27 @@ class TokenTransform(nn.Module):
             ``1 / temperture``). None: Expedit-Segmenter's 5, 5 and 0.02.
     """
 
-    def __init__(self, keep_ratio: float = 0.7, method: str = 'transform', kappa: float = 0.55,
-                 tau: float = 150.0, selection: str = 'informative', similarity: str = 'cosine',
-                 orphans: str = 'spread', top_k: Optional[int] = None,
-                 score_stride: int = 1, margin: Optional[float] = None,
+    def __init__(self, keep_ratio: float = 0.7, method: Optional[str] = None,
+                 kappa: Optional[float] = None, tau: Optional[float] = None,
+                 selection: Optional[str] = None, similarity: Optional[str] = None,
+                 orphans: Optional[str] = None, top_k: Optional[int] = None,
+                 score_stride: Union[int, str, None] = None, margin: Optional[float] = None,
                  protect: Optional[bool] = None, cluster_iters: Optional[int] = None,
                  cluster_window: Optional[int] = None,
-                 cluster_temperature: Optional[float] = None, anchor: bool = False,
-                 distinct_stride: int = 1) -> None:
+                 cluster_temperature: Optional[float] = None, anchor: Optional[bool] = None,
+                 distinct_stride: Optional[int] = None, preset: Optional[str] = None) -> None:
         super().__init__()
+        if preset is not None and not isinstance(preset, str):
+            raise ValueError(f'preset={preset!r} must be a name: {", ".join(map(repr, PRESETS))}')
+        # The options left None take the preset's values (None: the paper's, any method).
+        resolved = preset_settings(preset, dict(
+            method=method, kappa=kappa, tau=tau, selection=selection, similarity=similarity,
+            orphans=orphans, top_k=top_k, score_stride=score_stride, anchor=anchor,
+            distinct_stride=distinct_stride))
+        method, kappa, tau = resolved['method'], resolved['kappa'], resolved['tau']
+        selection, similarity, orphans = resolved['selection'], resolved['similarity'], resolved['orphans']
+        top_k, score_stride, anchor = resolved['top_k'], resolved['score_stride'], resolved['anchor']
+        distinct_stride = resolved['distinct_stride']
         check_keep_ratio(keep_ratio)   # numpy floats too: np.float32(0.7) is a valid ratio
         check_choice('method', method, METHODS)
         check_choice('selection', selection, SELECTIONS)
@@ -162,6 +184,7 @@ class TokenTransform(nn.Module):
         self.cluster_temperature = None if cluster_temperature is None else float(cluster_temperature)
         self.anchor = anchor
         self.distinct_stride = distinct_stride
+        self.preset = preset
 
     @property
     def spec(self) -> MethodSpec:

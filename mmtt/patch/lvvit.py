@@ -49,7 +49,7 @@ Attention, Block, LV_ViT = _layers.Attention, _layers.Block, _lvvit.LV_ViT
 # 0-based blocks after whose attention tokens are reduced. LV-ViT-S has 16 blocks; the schedule
 # (after blocks 5, 8, 11, 1-based) is chosen to meet the paper's 4.6 GFLOPs (Table 2, which does
 # not give it): 6.57 -> 4.54 GFLOPs at 224x224, by mmtt's counter.
-PRESETS: Dict[str, dict] = {
+SCHEDULES: Dict[str, dict] = {
     'lvvit-s/0.7': dict(keep_ratio=0.7, reduce_layers=(4, 7, 10)),
 }
 
@@ -118,20 +118,21 @@ class TokenLV_ViT(LV_ViT):
         return x
 
 
-def apply_patch(model: LV_ViT, method: str = 'transform', keep_ratio: float = 0.7,
-                reduce_layers: Sequence[int] = (4, 7, 10), kappa: float = 0.55, tau: float = 150.0,
+def apply_patch(model: LV_ViT, method: Optional[str] = None, keep_ratio: float = 0.7,
+                reduce_layers: Sequence[int] = (4, 7, 10), kappa: Optional[float] = None, tau: Optional[float] = None,
                 recover: Union[bool, str] = False, metric: Optional[str] = None,
-                preset: Optional[str] = None, **transform_kwargs) -> LV_ViT:
+                preset: Optional[str] = None, schedule: Optional[str] = None,
+                **transform_kwargs) -> LV_ViT:
     """Insert token reduction into a tlt LV-ViT (``lvvit_s``, ``lvvit_m``...), in place.
 
-    Arguments as :func:`mmtt.patch.timm.apply_patch` (``preset`` from :data:`PRESETS`). Blocks
+    Arguments as :func:`mmtt.patch.timm.apply_patch` (``schedule`` from :data:`SCHEDULES`). Blocks
     must be tlt's transformer ``Block`` (LV-ViT's ``order`` of separate ``'mha'``/``'ffn'``
     blocks is refused). Returns the same model object, patched.
     """
     depth = check_host_blocks(model, LV_ViT, TokenLV_ViT, Block, Attention, 'tlt')
-    patch = patch_settings(PRESETS, depth, f'a model with {depth} blocks', method=method,
+    patch = patch_settings(SCHEDULES, depth, f'a model with {depth} blocks', method=method,
                            keep_ratio=keep_ratio, reduce_layers=reduce_layers, kappa=kappa, tau=tau,
-                           metric=metric, preset=preset, recover=recover,
+                           metric=metric, preset=preset, schedule=schedule, recover=recover,
                            transform_kwargs=transform_kwargs)
     block_settings = BlockSettings(1, patch.recovery, patch.keys)
     fused = bool(patch.reduce_layers) and patch.transform['keep_ratio'] < 1

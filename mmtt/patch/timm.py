@@ -38,7 +38,7 @@ from ..modules.host import (
 
 # The paper's schedules (Table 1), as 0-based block indices after whose attention tokens are
 # reduced. "/0.7" keeps 70% of the tokens at each reduction.
-PRESETS: Dict[str, dict] = {
+SCHEDULES: Dict[str, dict] = {
     'deit-s/0.7': dict(keep_ratio=0.7, reduce_layers=(3, 6, 9)),
     'deit-s/0.6': dict(keep_ratio=0.6, reduce_layers=(3, 6, 9)),
     'vit-s/0.7': dict(keep_ratio=0.7, reduce_layers=(3, 6, 9)),
@@ -222,10 +222,11 @@ def _restore_patched(base: type):
     return cls.__new__(cls)
 
 
-def apply_patch(model: VisionTransformer, method: str = 'transform', keep_ratio: float = 0.7,
-                reduce_layers: Sequence[int] = (3, 6, 9), kappa: float = 0.55, tau: float = 150.0,
+def apply_patch(model: VisionTransformer, method: Optional[str] = None, keep_ratio: float = 0.7,
+                reduce_layers: Sequence[int] = (3, 6, 9), kappa: Optional[float] = None, tau: Optional[float] = None,
                 recover: Union[bool, str, dict] = False, metric: Optional[str] = None,
-                preset: Optional[str] = None, layers: Optional[Sequence[int]] = None,
+                preset: Optional[str] = None, schedule: Optional[str] = None,
+                layers: Optional[Sequence[int]] = None,
                 **transform_kwargs) -> VisionTransformer:
     """Insert token reduction into a timm ``VisionTransformer``, in place.
 
@@ -233,33 +234,37 @@ def apply_patch(model: VisionTransformer, method: str = 'transform', keep_ratio:
         model: a timm ViT whose blocks are ``timm.models.vision_transformer.Block`` with
             ``timm.layers.Attention`` (DeiT, DeiT-distilled, ViT-AugReg, MAE, DINOv2-style
             with LayerScale and register tokens).
-        method: a name from :data:`mmtt.modules.METHODS`: ``'transform'``, ``'tome'``,
-            ``'evit'``, ``'prune'``, ``'tps'``, ``'pitome'`` or ``'hourglass'``.
+        method: a name from :data:`mmtt.modules.METHODS`: ``'transform'`` (the default),
+            ``'tome'``, ``'evit'``, ``'prune'``, ``'tps'``, ``'pitome'`` or ``'hourglass'``.
         keep_ratio: fraction of tokens kept at each reduction.
         reduce_layers: 0-based indices of the blocks after whose attention tokens are reduced,
             a sequence of ints (``(3,)`` for one block; a bare int is refused as ambiguous).
             The mmseg and mmdet backbones' config key of the same name.
         kappa, tau: see :class:`mmtt.TokenTransform`.
-        recover: make ``forward_features`` return all tokens: True (nearest-neighbour
-            recovery, eq. 9-10), a :class:`mmtt.TokenRecovery` mode (``'nearest'``,
+        recover: make ``forward_features`` return all tokens: True (the preset's recovery
+            mode; nearest-neighbour recovery, eq. 9-10, without a preset), a :class:`mmtt.TokenRecovery` mode (``'nearest'``,
             ``'assignment'``, ``'share'``, ``'reconstruct'``), or its arguments as a dict
             (``dict(mode='reconstruct', temperature=10)``).
         metric: features compared for similarity: ``'hidden'`` (the block's hidden states,
             the paper's) or ``'keys'`` (head-averaged keys, ToMe's). Default: the method's entry
             in :data:`mmtt.modules.METHOD_SPECS` (keys for ToMe and PiToMe, hidden states
             otherwise).
-        preset: a name from :data:`PRESETS`, overriding ``keep_ratio`` and ``reduce_layers``.
+        preset: ``'paper'`` or ``'fast'`` (:data:`mmtt.modules.presets.PRESETS`): fills in the
+            Token Transforming options left out. None: the paper's values.
+        schedule: a name from :data:`SCHEDULES`, overriding ``keep_ratio`` and ``reduce_layers``
+            (also accepted as ``preset=``, its name before the method presets).
         layers: the earlier name of ``reduce_layers``, still accepted.
         **transform_kwargs: other :class:`mmtt.TokenTransform` arguments (``selection``,
-            ``similarity``, ``orphans``, ``top_k``, ``score_stride``).
+            ``similarity``, ``orphans``, ``top_k``, ``score_stride``, ``anchor``...).
 
     Returns:
         The same model object, patched.
     """
     depth = check_host_blocks(model, VisionTransformer, TokenModelMixin, Block, Attention, 'timm')
-    patch = patch_settings(PRESETS, depth, f'a model with {depth} blocks', method=method,
+    patch = patch_settings(SCHEDULES, depth, f'a model with {depth} blocks', method=method,
                            keep_ratio=keep_ratio, reduce_layers=reduce_layers, kappa=kappa, tau=tau,
-                           metric=metric, preset=preset, recover=recover, layers=layers,
+                           metric=metric, preset=preset, schedule=schedule, recover=recover,
+                           layers=layers,
                            transform_kwargs=transform_kwargs)
     block_settings = BlockSettings(model.num_prefix_tokens, patch.recovery, patch.keys)
     for i, block in enumerate(model.blocks):

@@ -63,7 +63,7 @@ from ..modules.host import (
 # Counts per reduction (every method; ToMe's floor of half is never reached):
 #   'llava-1.5/32':  576 -> 323 -> 181 -> 101 -> 57 -> 32 visual tokens
 #   'llava-1.5/144': 576 -> 363 -> 229 -> 144 visual tokens
-PRESETS: Dict[str, dict] = {
+SCHEDULES: Dict[str, dict] = {
     'llava-1.5/32': dict(keep_ratio=0.56, reduce_layers=(6, 10, 14, 18, 22)),
     'llava-1.5/144': dict(keep_ratio=0.63, reduce_layers=(6, 12, 18)),
 }
@@ -415,16 +415,17 @@ def _feature_depth(llava: LlavaForConditionalGeneration, depth: int) -> int:
     return min(i % (depth + 1) for i in picks)
 
 
-def apply_patch(model: nn.Module, method: str = 'transform', keep_ratio: float = 0.7,
-                reduce_layers: Optional[Sequence[int]] = None, kappa: float = 0.55,
-                tau: float = 150.0, metric: Optional[str] = None, preset: Optional[str] = None,
+def apply_patch(model: nn.Module, method: Optional[str] = None, keep_ratio: float = 0.7,
+                reduce_layers: Optional[Sequence[int]] = None, kappa: Optional[float] = None,
+                tau: Optional[float] = None, metric: Optional[str] = None,
+                preset: Optional[str] = None, schedule: Optional[str] = None,
                 layers: Optional[Sequence[int]] = None, **transform_kwargs) -> nn.Module:
     """Insert token reduction into a HF CLIP vision encoder, in place.
 
     Args:
         model: a ``LlavaForConditionalGeneration`` with a ``CLIPVisionModel`` tower (LLaVA-1.5),
             or a bare ``CLIPVisionModel``; attention ``'sdpa'`` or ``'eager'``.
-        method: ``'transform'``, ``'tome'``, ``'evit'`` or ``'prune'``.
+        method: ``'transform'`` (the default), ``'tome'``, ``'evit'`` or ``'prune'``.
         keep_ratio: fraction of patch tokens kept at each reduction.
         reduce_layers: 0-based encoder layers after whose attention tokens are reduced (a
             sequence of ints). For LLaVA each must come before the feature layer's output:
@@ -432,7 +433,9 @@ def apply_patch(model: nn.Module, method: str = 'transform', keep_ratio: float =
         kappa, tau: see :class:`mmtt.TokenTransform`.
         metric: ``'hidden'`` (the layer's hidden states, the paper's) or ``'keys'``
             (head-averaged keys, ToMe's). Default: keys for ToMe, hidden states otherwise.
-        preset: a name from :data:`PRESETS`, overriding ``keep_ratio`` and ``reduce_layers``.
+        preset: ``'paper'`` or ``'fast'`` (:data:`mmtt.modules.presets.PRESETS`), or None.
+        schedule: a name from :data:`SCHEDULES`, overriding ``keep_ratio`` and ``reduce_layers``
+            (also accepted as ``preset=``).
         layers: another name of ``reduce_layers``.
         **transform_kwargs: other :class:`mmtt.TokenTransform` arguments (``selection``,
             ``similarity``, ``orphans``, ``top_k``, ``score_stride``).
@@ -442,9 +445,9 @@ def apply_patch(model: nn.Module, method: str = 'transform', keep_ratio: float =
     """
     vision, encoder, llava = _vision_parts(model)
     depth = len(encoder.layers)
-    patch = patch_settings(PRESETS, depth, f'a vision tower with {depth} layers', method=method,
+    patch = patch_settings(SCHEDULES, depth, f'a vision tower with {depth} layers', method=method,
                            keep_ratio=keep_ratio, reduce_layers=reduce_layers, kappa=kappa, tau=tau,
-                           metric=metric, preset=preset, layers=layers,
+                           metric=metric, preset=preset, schedule=schedule, layers=layers,
                            transform_kwargs=transform_kwargs)
     key, reduce_layers = patch.key, patch.reduce_layers
     if llava is not None:

@@ -1,6 +1,6 @@
 """Visual tokens, LLM input length and vision-encoder GFLOPs of LLaVA-1.5 with token reduction.
 
-    python -m mmtt.tools.llava_tokens --preset llava-1.5/32 --text-tokens 40
+    python -m mmtt.tools.llava_tokens --schedule llava-1.5/32 --text-tokens 40
     python -m mmtt.tools.llava_tokens --config ~/llava-1.5-7b-hf --keep-ratio 0.63 --reduce-layers 6 12 18
     python -m mmtt.tools.llava_tokens --benchmark --rounds 5 --lm-layers 2
 
@@ -99,9 +99,9 @@ class _Tower(nn.Module):
 
 
 def patch_kwargs(args: argparse.Namespace) -> dict:
-    method = dict(method=args.method, kappa=args.kappa, tau=args.tau)
+    method = dict(method=args.method, kappa=args.kappa, tau=args.tau, preset=args.preset)
     if args.reduce_layers is None:
-        return dict(preset=args.preset or 'llava-1.5/32', **method)
+        return dict(schedule=args.schedule or 'llava-1.5/32', **method)
     return dict(keep_ratio=args.keep_ratio, reduce_layers=tuple(args.reduce_layers), **method)
 
 
@@ -202,17 +202,20 @@ def benchmark(config, kwargs: dict, text_tokens: int, rounds: int, lm_layers: in
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    from ..patch.transformers import PRESETS
+    from ..modules.presets import PRESETS
+    from ..patch.transformers import SCHEDULES
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--config', help='a local llava-hf checkpoint directory (its config.json); '
                                          'default: LLaVA-1.5-7B built in')
-    parser.add_argument('--preset', choices=sorted(PRESETS),
+    parser.add_argument('--schedule', choices=sorted(SCHEDULES),
                         help='default llava-1.5/32 unless --reduce-layers is given')
-    parser.add_argument('--method', default='transform', choices=METHODS)
+    parser.add_argument('--preset', choices=sorted(PRESETS),
+                        help='Token Transforming setting (default: the paper\'s)')
+    parser.add_argument('--method', default=None, choices=METHODS, help='default: transform')
     parser.add_argument('--keep-ratio', type=float, default=0.7)
     parser.add_argument('--reduce-layers', type=int, nargs='+')
-    parser.add_argument('--kappa', type=float, default=0.55)
-    parser.add_argument('--tau', type=float, default=150.0)
+    parser.add_argument('--kappa', type=float, default=None, help="default: the preset's")
+    parser.add_argument('--tau', type=float, default=None, help="default: the preset's")
     parser.add_argument('--text-tokens', type=int, default=40,
                         help='prompt tokens besides the image placeholders')
     parser.add_argument('--images', type=int, default=1)
@@ -224,8 +227,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     for name in ('text_tokens', 'images', 'rounds', 'lm_layers'):
         if getattr(args, name) < 1:
             parser.error(f'--{name.replace("_", "-")} must be >= 1, got {getattr(args, name)}')
-    if args.preset is not None and args.reduce_layers is not None:
-        parser.error('--preset sets --keep-ratio and --reduce-layers; give one or the other')
+    if args.schedule is not None and args.reduce_layers is not None:
+        parser.error('--schedule sets --keep-ratio and --reduce-layers; give one or the other')
     return args
 
 
@@ -234,7 +237,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, object]:
     args = parse_args(argv)
     config = load_config(args.config)
     kwargs = patch_kwargs(args)
-    what = ', '.join(f'{k}={v}' for k, v in kwargs.items())
+    what = ', '.join(f'{k}={v}' for k, v in kwargs.items() if v is not None)
     if args.benchmark:
         out = benchmark(config, kwargs, args.text_tokens, args.rounds, args.lm_layers)
         print(f'{what}; {out["rounds"]} interleaved rounds, medians in s; LLM input '

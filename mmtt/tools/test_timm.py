@@ -1,7 +1,7 @@
 """Top-1/top-5 of a timm classifier on an ImageNet-style folder, unmodified and with mmtt.
 
     python tools/test_timm.py --model deit_small_patch16_224 --checkpoint deit_s.pth \\
-        --data /data/imagenet/val --preset deit-s/0.7
+        --data /data/imagenet/val --schedule deit-s/0.7
 
 The folder holds one sub-folder per class, named so that their sorted order is the class
 index order (ImageNet's synset folders are). The checkpoint is a plain state dict (or a dict
@@ -19,7 +19,8 @@ from tqdm import tqdm
 
 from mmtt.checkpoint import allow_openmmlab_checkpoints
 from mmtt.modules import METHODS
-from mmtt.patch.timm import PRESETS, apply_patch
+from mmtt.modules.presets import PRESETS
+from mmtt.patch.timm import SCHEDULES, apply_patch
 
 IMAGE_SUFFIXES = {'.jpg', '.jpeg', '.png', '.bmp', '.webp'}
 
@@ -67,10 +68,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--model', required=True, help='timm model name')
     parser.add_argument('--checkpoint', help='local weights file (state dict)')
     parser.add_argument('--data', required=True, help='folder with one sub-folder per class')
-    parser.add_argument('--method', default='transform', choices=METHODS)
+    parser.add_argument('--method', default=None, choices=METHODS, help='default: transform')
     parser.add_argument('--keep-ratio', type=float, default=0.7)
     parser.add_argument('--layers', type=int, nargs='+', default=[3, 6, 9])
-    parser.add_argument('--preset', choices=sorted(PRESETS), help='overrides --keep-ratio/--layers')
+    parser.add_argument('--schedule', choices=sorted(SCHEDULES), help='overrides --keep-ratio/--layers')
+    parser.add_argument('--preset', choices=sorted(PRESETS),
+                        help='Token Transforming setting (default: the paper\'s)')
     parser.add_argument('--batch-size', type=int, default=64)
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--skip-unmodified', action='store_true', help='evaluate only with mmtt')
@@ -86,7 +89,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, float]]:
     if not args.skip_unmodified:
         results['unmodified'] = evaluate(model, samples, transform, args.batch_size, args.device,
                                          'unmodified')
-    apply_patch(model, method=args.method, keep_ratio=args.keep_ratio, layers=args.layers, preset=args.preset)
+    apply_patch(model, method=args.method, keep_ratio=args.keep_ratio, layers=args.layers,
+                preset=args.preset, schedule=args.schedule)
     results['mmtt'] = evaluate(model, samples, transform, args.batch_size, args.device, 'mmtt')
     print(f'{args.model} on {len(samples)} images of {args.data}')
     for name, r in results.items():

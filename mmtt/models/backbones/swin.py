@@ -64,6 +64,7 @@ from ...functional.windows import (
 from ...modules import TokenTransform
 from ...modules.host import Capture, attend, check_recovery, check_reduce_layers
 from ...modules.methods import WINDOW_METHODS
+from ...modules.presets import PRESETS
 from ...modules.window_transform import WindowGrid, WindowTokenTransform, pad_to
 
 
@@ -244,6 +245,10 @@ class TokenSwinTransformer(SwinTransformer):
         if not transform.spec.windows:
             raise ValueError(f'token_transform.method={transform.method!r} is not supported in '
                              f'windows; use {" or ".join(map(repr, WINDOW_METHODS))}')
+        if transform.preset is not None and not PRESETS[transform.preset].windows:
+            usable = ' or '.join(repr(k) for k, v in PRESETS.items() if v.windows)
+            raise ValueError(f'token_transform.preset={transform.preset!r} cannot run in Swin windows '
+                             f'(its top_k and anchor need a whole sequence); use preset={usable} there')
         for key in ('top_k', 'anchor'):
             if getattr(transform, key, None):
                 raise ValueError(f'token_transform.{key}={getattr(transform, key)} is not supported '
