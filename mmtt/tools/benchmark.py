@@ -13,6 +13,7 @@ RSS (weights and libraries included), on a GPU ``torch.cuda.max_memory_allocated
 """
 import argparse
 import json
+from pathlib import Path
 import multiprocessing as mp
 import queue as queues
 import resource
@@ -25,6 +26,7 @@ from tqdm import tqdm
 from mmtt.modules.methods import METHODS  # the table of methods
 
 from ._cli import ToolError, exits_on_user_error, one_line
+from ._provenance import provenance
 from ._timing import time_once
 
 
@@ -287,9 +289,11 @@ def main(argv=None) -> List[dict]:
     print('not counted in GFLOPs (element-wise by convention):',
           ', '.join(sorted({op for r in results for op in r['uncounted_ops']})))
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         with open(args.json, 'w') as f:
             json.dump(dict(target=target, hardware=describe_hardware(args.device, args.threads),
-                           args=vars(args), results=results), f, indent=2)
+                           provenance=provenance(args.device), args=vars(args), results=results),
+                      f, indent=2)
     return results
 
 

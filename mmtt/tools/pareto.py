@@ -44,6 +44,7 @@ from tqdm import tqdm
 from mmtt.modules import TokenTransform
 from mmtt.patch.timm import apply_patch, remove_patch
 from mmtt.pretrained import FocusModel, load_focus_model, preprocess
+from mmtt.tools._provenance import provenance
 from mmtt.tools._timing import autocast, time_once
 from mmtt.tools.fidelity_core import compare, flops_entry, list_images, run_model
 from mmtt.tools.pareto_report import UNMODIFIED, equal_speed_rows, mark_fronts, plot, print_equal_speed, print_table
@@ -57,7 +58,7 @@ RESERVED = {'model': 'the model is the ViT-S/14',
             'recover': 'recovery is always on (the saliency decoder needs every token); '
                        'pick its mode with recovery:nearest|assignment|share|reconstruct '
                        '(recovery_k:, recovery_temperature: for reconstruct)',
-            'preset': 'it sets keep_ratio and layers; use layers:... and --keep-ratios'}
+            'schedule': 'it sets keep_ratio and layers; use layers:... and --keep-ratios'}
 Variant = Tuple[str, Dict[str, object]]
 
 
@@ -340,7 +341,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     config = {k: v for k, v in vars(args).items()
               if k not in ('out_json', 'out_png', 'parsed_variants', 'from_json')}
     config['variants'] = {label: kwargs for label, kwargs in args.parsed_variants}
-    result = dict(config=config, hardware=hardware, device=str(device), dtype=args.dtype,
+    result = dict(config=config, hardware=hardware, provenance=provenance(device, args.dtype),
+                  device=str(device), dtype=args.dtype,
                   num_images=len(paths), image_names=[p.name for p in paths], points=points,
                   skipped=skipped)
     report(result, args.ours, args.out_png)

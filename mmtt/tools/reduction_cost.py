@@ -30,6 +30,7 @@ from torch import Tensor
 
 from mmtt import functional as TF
 from mmtt.pretrained import load_focus_model, preprocess
+from mmtt.tools._provenance import provenance
 from mmtt.tools._timing import autocast, time_once
 from mmtt.tools.fidelity_core import list_images
 
@@ -193,8 +194,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, float]]:
             print('\n'.join(budget_lines(ms, args.score_strides, args.top_k)))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(dict(hardware=hardware, tokens=n, args=vars(args),
-                                                   results=results), indent=1))
+        Path(args.json).write_text(json.dumps(dict(hardware=hardware, provenance=provenance(args.device),
+                                                   tokens=n, args=vars(args), results=results), indent=1))
     return results
 
 

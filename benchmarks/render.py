@@ -1,0 +1,344 @@
+"""Render the measured tables of README.md, docs/ and configs/*/README.md from benchmark results.
+
+Every table of measured figures sits between ``<!-- mmtt:table NAME -->`` and
+``<!-- mmtt:end -->`` and is written by this script from ``benchmarks/results/*.json`` (made by the
+``benchmarks/*.sh`` scripts) and the configs' metafiles (``benchmarks/flops.sh``), so a figure has
+one value wherever it appears. ``--check`` changes nothing and fails when a block differs from
+what would be rendered (the test suite runs it).
+
+    python benchmarks/render.py            # rewrite the blocks
+    python benchmarks/render.py --check    # exit 1 and name the stale blocks
+"""
+import argparse
+import functools
+import importlib.util
+import json
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / 'benchmarks' / 'results'
+BLOCK = re.compile(r'(<!-- mmtt:table (\S+) -->\n)(.*?)(<!-- mmtt:end -->)', re.S)
+
+# Variant labels of benchmarks/pareto_vit_s14.sh, as the docs name them.
+VARIANT_NAMES = {
+    'paper': "`preset='paper'` (default)", 'fast': "`preset='fast'`", 'tome': 'ToMe (keys)',
+    'tome-hidden': "ToMe (`metric='hidden'`)", 'tps': 'TPS', 'pitome': 'PiToMe', 'evit': 'EViT',
+    'prune': 'pruning'}
+RUNS = {'fp32': 'float32, 448 px (1024 tokens)', 'bf16': 'bfloat16 autocast, 448 px',
+        '224': 'float32, 224 px (256 tokens)'}
+
+# The paper's own figures, quoted for comparison (Tables 1, 3, 4 and section 4.3).
+PAPER = {
+    'deit-s': 'GFLOPs 4.6 -> 3.0, top-1 79.8 -> 79.7 (Table 1)',
+    'segmenter': '-30% GFLOPs, mIoU -0.2 ("30% lossless", Sec. 4.3)',
+    'dpt': 'GFLOPs 280 -> 200, AbsRel 0.110 -> 0.108 (Table 3)',
+    'dino': 'GFLOPs 936 -> 734, FPS x1.21, mAP 58.5 -> 57.3 (Table 4)',
+}
+
+
+def load(name: str) -> Optional[dict]:
+    path = RESULTS / name
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def missing(command: str) -> str:
+    return f'_Not measured: run `{command}`._\n'
+
+
+def source(name: str, result: dict, command: str) -> str:
+    prov = result.get('provenance', {})
+    versions = prov.get('versions', {})
+    what = ', '.join(filter(None, [prov.get('hardware') or result.get('hardware'),
+                                   prov.get('dtype'), versions.get('torch') and f"torch {versions['torch']}",
+                                   prov.get('commit') and f"commit {prov['commit']}", prov.get('date')]))
+    return f'\n<sub>`benchmarks/results/{name}`, from `{command}`: {what}.</sub>\n'
+
+
+def metafile_models(family: str) -> List[dict]:
+    return yaml.safe_load((ROOT / 'configs' / family / 'metafile.yml').read_text())['Models']
+
+
+def model_entry(family: str, config_name: str) -> dict:
+    for model in metafile_models(family):
+        if model['Name'] == config_name:
+            return model
+    raise KeyError(f'{config_name} is not in configs/{family}/metafile.yml')
+
+
+def fmt_ratio(value: float) -> str:
+    return f'x{value:.2f}'
+
+
+# ---------------------------------------------------------------------------------------------
+# The ViT-S/14 sweeps (benchmarks/pareto_vit_s14.sh)
+
+def pareto_points(result: dict) -> Dict[str, Dict[float, dict]]:
+    table: Dict[str, Dict[float, dict]] = {}
+    for p in result['points']:
+        table.setdefault(p['label'], {})[round(p['keep_ratio'], 3)] = p
+    return table
+
+
+def render_pareto(run: str, doc: Path) -> str:
+    name = f'pareto_vit_s14_{run}.json'
+    result = load(name)
+    command = f'benchmarks/pareto_vit_s14.sh {run}'
+    if result is None:
+        return missing(command)
+    table = pareto_points(result)
+    keeps = sorted({k for label, pts in table.items() if label != 'unmodified' for k in pts}, reverse=True)
+    batch = result['config']['batch']
+    lines = [f'{RUNS[run]}; {result["num_images"]} photos; cells: saliency IoU against the unmodified '
+             f'model / speed-up at batch 1 / at batch {batch}; GFLOPs at the middle keep ratio.', '',
+             '| setting | ' + ' | '.join(f'keep {k:g}' for k in keeps) + f' | GFLOPs (keep {keeps[len(keeps) // 2]:g}) |',
+             '|---' * (len(keeps) + 2) + '|']
+    base = table['unmodified'][1.0]
+    for label in VARIANT_NAMES:
+        if label not in table:
+            continue
+        pts = table[label]
+        cells = [f"{pts[k]['iou']:.3f} / x{pts[k]['speedup_b1']:.2f} / x{pts[k]['speedup_batch']:.2f}"
+                 if k in pts else '-' for k in keeps]
+        mid = pts.get(keeps[len(keeps) // 2])
+        flops = f"{mid['gflops']:.2f}" if mid else '-'
+        lines.append(f'| {VARIANT_NAMES[label]} | ' + ' | '.join(cells) + f' | {flops} |')
+    lines.append(f'| unmodified | 1 / x1 / x1 (median batch-1 latency {base["latency_ms"]:.0f} ms) |'
+                 + ' |' * (len(keeps) - 1) + f' {base["gflops"]:.2f} |')
+    spread = speed_spread(result)
+    lines.append('')
+    lines.append(f'Timed rounds of one point spread by a median {spread:.0%} (interquartile range over '
+                 'median): speed-ups within about that of each other are a tie. The IoU is deterministic.')
+    rows = result.get('equal_speed') or []
+    if rows:
+        held = sum(r['margin'] is not None and r['margin'] >= 0 for r in rows)
+        read = [r for r in rows if r['interpolated_margin'] is not None]
+        level = sum(r['interpolated_margin'] >= 0 for r in read)
+        lines.append(f'Against the {len(rows)} peer points, `paper` or `fast` has a point at least as fast '
+                     f'with at least their IoU at {held}; read on their fronts at exactly the peer\'s speed, '
+                     f'they are at or above {level} of the {len(read)} they reach.')
+        behind = sorted((r for r in read if r['interpolated_margin'] < 0), key=lambda r: r['interpolated_margin'])
+        if behind:
+            lines.append('Behind at equal speed: ' + '; '.join(
+                f"{VARIANT_NAMES.get(r['label'], r['label'])} at keep {r['keep_ratio']:g} "
+                f"({r['interpolated_margin']:+.3f} IoU)" for r in behind) + '.')
+    return '\n'.join(lines) + '\n' + source(name, result, command)
+
+
+def speed_spread(result: dict) -> float:
+    spreads = []
+    for p in result['points']:
+        rounds = sorted(p.get('latency_ms_rounds') or [])
+        if len(rounds) >= 4:
+            q1, q3 = rounds[len(rounds) // 4], rounds[(3 * len(rounds)) // 4]
+            spreads.append((q3 - q1) / p['latency_ms'])
+    spreads.sort()
+    return spreads[len(spreads) // 2] if spreads else float('nan')
+
+
+# ---------------------------------------------------------------------------------------------
+# One reduction, step by step (benchmarks/reduction_cost.sh)
+
+def render_cost(doc: Path) -> str:
+    name, command = 'reduction_cost.json', 'benchmarks/reduction_cost.sh'
+    result = load(name)
+    if result is None:
+        return missing(command)
+    runs = result['results']
+    keys = list(runs)
+    steps = list(runs[keys[0]])
+    lines = [f'N = {result["tokens"]} tokens entering block {result["args"]["layer"] + 1}, batch '
+             f'{result["args"]["batch"]}, medians of interleaved rounds, ms.', '',
+             '| step | ' + ' | '.join(keys) + ' |', '|---' * (len(keys) + 1) + '|']
+    for step in steps:
+        lines.append(f'| {step} | ' + ' | '.join(f'{runs[k].get(step, float("nan")):.2f}' for k in keys) + ' |')
+    return '\n'.join(lines) + '\n' + source(name, result, command)
+
+
+# ---------------------------------------------------------------------------------------------
+# The dense hosts (benchmarks/hosts.sh) and the configs' GFLOPs (metafiles)
+
+HOSTS = {'segmenter': 'hosts_segmenter.json', 'dpt': 'hosts_dpt.json', 'dino': 'hosts_dino.json'}
+
+
+def render_host(host: str, doc: Path) -> str:
+    name, command = HOSTS[host], f'benchmarks/hosts.sh {host}'
+    result = load(name)
+    if result is None:
+        return missing(command)
+    rows = result['results']
+    args = result['args']
+    lines = [f'`{result["target"]}`, input {"x".join(map(str, args["shape"])) if args.get("shape") else "the config crop"}, '
+             f'batch {args["batch"]}, median of {args["repeats"]} interleaved rounds; ratios against the '
+             'first row.', '',
+             '| variant | GFLOPs | GFLOPs x | latency ms | latency x | throughput x | peak memory MB |',
+             '|---|---|---|---|---|---|---|']
+    for r in rows:
+        lines.append(f"| {r['method']} | {r['gflops']:.1f} | {fmt_ratio(r['gflops_ratio'])} | "
+                     f"{r['latency_ms']:.0f} | {fmt_ratio(r['latency_ratio'])} | "
+                     f"{fmt_ratio(r['throughput_ratio'])} | {r['peak_mem_mb']:.0f} |")
+    vs = [r for r in rows if 'latency_ratio_vs_sdpa' in r]
+    if vs:
+        lines.append('')
+        lines.append('Against the unmodified model on the same fused attention kernel (the reduction alone): '
+                     + '; '.join(f"{r['method']} latency x{r['latency_ratio_vs_sdpa']:.2f}, throughput "
+                                 f"x{r['throughput_ratio_vs_sdpa']:.2f}" for r in vs) + '.')
+    return '\n'.join(lines) + '\n' + source(name, result, command)
+
+
+def link(target: str, doc: Path) -> str:
+    """``target`` (relative to the repository root) as a link relative to the document ``doc``."""
+    return os.path.relpath(ROOT / target, doc.parent)
+
+
+def render_configs(family: str, doc: Path) -> str:
+    lines = ['| config | method | keep | reduce layers (0-based) | input | GFLOPs unmodified -> mmtt | checkpoint |',
+             '|---|---|---|---|---|---|---|']
+    for m in metafile_models(family):
+        meta = m['Metadata']
+        layers = ', '.join(map(str, meta.get('Reduce Layers') or [])) or '-'
+        weights = m.get('Weights')
+        checkpoint = f'[weights]({weights})' if weights else 'bring your own'
+        lines.append(f"| [{Path(m['Config']).name}]({link(m['Config'], doc)}) | {meta.get('Method', '-')} | "
+                     f"{meta.get('Keep Ratio', '-')} | {layers} | {meta.get('Input', '-')} | "
+                     f"{meta['GFLOPs (unmodified)']} -> {meta['GFLOPs']} | {checkpoint} |")
+    return ('\n'.join(lines) + f'\n\n<sub>GFLOPs from `configs/{family}/metafile.yml`, written by '
+            f'`benchmarks/flops.sh {family}` (MMEngine\'s counter, the reduction\'s own ops included).</sub>\n')
+
+
+# ---------------------------------------------------------------------------------------------
+# README: the one results table
+
+def render_results(doc: Path) -> str:
+    lines = ['| model (config) | GFLOPs | measured speed-up (CPU) | fidelity to the unmodified model | paper |',
+             '|---|---|---|---|---|']
+    pareto = load('pareto_vit_s14_fp32.json')
+    if pareto is not None:
+        table = pareto_points(pareto)
+        base = table['unmodified'][1.0]
+        for label in ('paper', 'fast'):
+            p = table.get(label, {}).get(0.7)
+            if p:
+                lines.append(f"| ViT-S/14 saliency, 448 px, {VARIANT_NAMES[label]}, keep 0.7 | "
+                             f"{base['gflops']:.1f} -> {p['gflops']:.1f} | x{p['speedup_b1']:.2f} (batch 1) | "
+                             f"saliency IoU {p['iou']:.3f} (worst photo {p['iou_min']:.3f}) | - |")
+    deit = model_entry('mmpretrain', 'deit-s_tt_in1k')['Metadata']
+    lines.append(f"| DeiT-S ([deit-s_tt_in1k.py]({link('configs/deit-s_tt_in1k.py', doc)})) | "
+                 f"{deit['GFLOPs (unmodified)']} -> {deit['GFLOPs']} | - | not measured (no ImageNet labels) | "
+                 f"{PAPER['deit-s']} |")
+    for host, family, config in (('segmenter', 'segmenter', 'segmenter_tt_ade20k'),
+                                 ('dpt', 'dpt', 'dpt_tt_nyu'), ('dino', 'dino', 'dino_tt_swin-l_coco')):
+        meta = model_entry(family, config)['Metadata']
+        speed = '-'
+        bench = load(HOSTS[host])
+        if bench is not None:
+            r = bench['results'][-1]
+            speed = f"x{r['latency_ratio']:.2f}"
+            if 'latency_ratio_vs_sdpa' in r:
+                speed += f" (x{r['latency_ratio_vs_sdpa']:.2f} on the same attention kernel)"
+            if bench['args'].get('part') == 'backbone':
+                speed += ', backbone'
+        what = {'segmenter': 'Segmenter-L, ADE20K 640x640', 'dpt': 'DPT-Hybrid, NYUv2 480x640',
+                'dino': 'DINO Swin-L, COCO 800x1333'}[host]
+        lines.append(f"| {what} ([{config}.py]({link(f'configs/{config}.py', doc)})) | {meta['GFLOPs (unmodified)']} -> "
+                     f"{meta['GFLOPs']} | {speed} | not measured (no dataset offline) | {PAPER[host]} |")
+    return ('\n'.join(lines) + f'\n\n<sub>Speed-ups: this project\'s CPU (see [benchmarks]({link("docs/benchmarks.md", doc)}) '
+            'for the machine, commands and every variant); GFLOPs: the configs\' metafiles.</sub>\n')
+
+
+def render_presets(doc: Path) -> str:
+    # presets.py imports nothing of mmtt's: load it alone, without torch.
+    spec = importlib.util.spec_from_file_location('mmtt_presets', ROOT / 'mmtt' / 'modules' / 'presets.py')
+    presets = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(presets)
+    PRESETS = presets.PRESETS
+    lines = ['| preset | TokenTransform settings | recovery (`recover=True`) | in Swin windows | what it is |',
+             '|---|---|---|---|---|']
+    for name, preset in PRESETS.items():
+        settings = ', '.join(f'{k}={v!r}' for k, v in preset.transform.items())
+        lines.append(f"| `'{name}'` | `{settings}` | `'{preset.recovery}'` | {'yes' if preset.windows else 'no'} | "
+                     f'{preset.summary} |')
+    return '\n'.join(lines) + '\n\n<sub>From `mmtt/modules/presets.py`.</sub>\n'
+
+
+def render_preset_fronts(doc: Path) -> str:
+    """Each preset's measured points in every sweep, beside the peer most faithful at keep 0.7."""
+    lines = ['| sweep | setting | keep 0.9 | keep 0.7 | keep 0.5 |', '|---|---|---|---|---|']
+    sources = []
+    for run, what in RUNS.items():
+        result = load(f'pareto_vit_s14_{run}.json')
+        if result is None:
+            lines.append(f'| {what} | not measured: `benchmarks/pareto_vit_s14.sh {run}` | | | |')
+            continue
+        sources.append(f'`benchmarks/results/pareto_vit_s14_{run}.json`')
+        table = pareto_points(result)
+        peers = [label for label in table if label not in ('unmodified', 'paper', 'fast')]
+        best_peer = max(peers, key=lambda label: table[label].get(0.7, {}).get('iou', -1.0), default=None)
+        for label in ('paper', 'fast', best_peer):
+            if label is None or label not in table:
+                continue
+            cells = [f"{table[label][k]['iou']:.3f} / x{table[label][k]['speedup_b1']:.2f}"
+                     if k in table[label] else '-' for k in (0.9, 0.7, 0.5)]
+            lines.append(f'| {what} | {VARIANT_NAMES.get(label, label)} | ' + ' | '.join(cells) + ' |')
+    return ('\n'.join(lines) + '\n\n<sub>Saliency IoU against the unmodified model / speed-up at batch 1; '
+            f'from {", ".join(sources) or "no result yet"} (`benchmarks/pareto_vit_s14.sh`). The third row of '
+            'each sweep is the peer most faithful at keep 0.7; every peer is in '
+            f'[benchmarks]({link("docs/benchmarks.md", doc)}).</sub>\n')
+
+
+# Table name -> renderer of its body for the document it sits in (links are relative to it).
+RENDERERS: Dict[str, Callable[[Path], str]] = {
+    'results': render_results,
+    'presets': render_presets,
+    'presets:front': render_preset_fronts,
+    'cost': render_cost,
+    **{f'pareto:{run}': functools.partial(render_pareto, run) for run in RUNS},
+    **{f'hosts:{host}': functools.partial(render_host, host) for host in HOSTS},
+    **{f'configs:{family}': functools.partial(render_configs, family)
+       for family in ('segmenter', 'dpt', 'dino', 'mmpretrain')},
+}
+
+
+def documents() -> List[Path]:
+    return [ROOT / 'README.md', *sorted((ROOT / 'docs').rglob('*.md')), *sorted(ROOT.glob('configs/*/README.md'))]
+
+
+def render_text(text: str, doc: Path) -> str:
+    """``text`` (the document ``doc``) with every table block rendered anew."""
+    def fill(match: re.Match) -> str:
+        name = match.group(2)
+        if name not in RENDERERS:
+            raise SystemExit(f'render: error: {doc.relative_to(ROOT)}: unknown table {name!r}; '
+                             f'known: {", ".join(RENDERERS)}')
+        return match.group(1) + RENDERERS[name](doc) + match.group(4)
+    return BLOCK.sub(fill, text)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--check', action='store_true', help='change nothing; exit 1 if a block is stale')
+    args = parser.parse_args(argv)
+    stale = []
+    for path in documents():
+        if not path.is_file():
+            continue
+        text = path.read_text()
+        rendered = render_text(text, path)
+        if rendered != text:
+            stale.append(str(path.relative_to(ROOT)))
+            if not args.check:
+                path.write_text(rendered)
+    if args.check and stale:
+        print(f'render: stale tables in {", ".join(stale)}; run python benchmarks/render.py', file=sys.stderr)
+        return 1
+    print(('rewrote ' + ', '.join(stale)) if stale and not args.check else 'tables up to date')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

