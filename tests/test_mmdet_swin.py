@@ -248,6 +248,9 @@ def test_reduced_backbone_trains_with_checkpointing(tt):
     (dict(token_transform=dict(type='TokenTransform', tau=0)), 'tau=0'),
     (dict(token_transform=dict(type='TokenTransform', top_k=4)), 'token_transform.top_k=4'),
     (dict(token_transform=dict(type='TokenTransform', anchor=True)), 'token_transform.anchor=True'),
+    (dict(token_transform=dict(type='TokenTransform', preset='fast')),
+     "token_transform.preset='fast' cannot run in Swin windows (its top_k and anchor need a whole "
+     "sequence); use preset='paper' there"),
     (dict(token_transform=None), 'token_transform is None'),
     (dict(token_recovery=None), 'token_recovery is required'),
 ])

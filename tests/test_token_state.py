@@ -1,5 +1,5 @@
 """Token state flows with each forward: threads, gradient checkpointing, every entry point and
-pickling work on a patched model (issue #12, part 1)."""
+pickling work on a patched model."""
 import copy
 import io
 import pickle

@@ -246,13 +246,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help='variants compared with every other one at equal speed (default: the '
                              'Token Transforming ones, method:transform or no method)')
     parser.add_argument('--from-json', default=None, metavar='FILE',
-                        help="an earlier run's --out-json: print its table and comparison and draw "
+                        help="a saved run's --out-json: print its table and comparison and draw "
                              '--out-png again, measuring nothing')
     parser.add_argument('--out-json', default='outputs/pareto.json')
     parser.add_argument('--out-png', default='outputs/pareto.png')
     args = parser.parse_args(argv)
     if args.from_json is None and args.images is None:
-        parser.error('--images is required (or --from-json to redraw an earlier run)')
+        parser.error('--images is required (or --from-json to redraw a saved run)')
     if args.from_json is not None:
         if not Path(args.from_json).is_file():
             parser.error(f'--from-json {args.from_json}: no such file')
@@ -302,7 +302,7 @@ def report(result: dict, ours: Sequence[str], out_png: Optional[str]) -> None:
 
 
 def redraw(args: argparse.Namespace) -> dict:
-    """``--from-json``: an earlier run's table, comparison and figure, nothing measured."""
+    """``--from-json``: a saved run's table, comparison and figure, nothing measured."""
     result = json.loads(Path(args.from_json).read_text())
     print(f"{result['num_images']} images at {result['config']['size']}, {result['dtype']} on "
           f"{result['hardware']}, median of {result['config']['repeats']} interleaved rounds "

@@ -73,7 +73,7 @@ def interpolated_iou(curve: Sequence[dict], speed: float) -> Optional[float]:
 
 def equal_speed_rows(points: List[dict], ours: Sequence[str]) -> List[dict]:
     """For every point of a label not in ``ours`` (a peer), the best of ``ours`` at equal or
-    higher measured speed-up: the issue's test of being on the front against every peer.
+    higher measured speed-up: whether Token Transforming is on the front against every peer.
 
     Each row has the peer's ``label``, ``keep_ratio``, ``speedup_b1`` and ``iou``; ``best``
     (``'label@keep'`` of the best point of ours at least as fast, or None), ``best_speedup``,
