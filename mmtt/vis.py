@@ -1,9 +1,10 @@
-"""Drawing a token reduction on its image: informative tokens, rows of W, shared tokens.
+"""Drawing a token reduction on its image: informative tokens, rows of W, shared tokens, partitions.
 
-The pieces of the paper's Fig. 5 (:mod:`mmtt.tools.visualize`, also used by
-:mod:`mmtt.tools.demo`), as ToMe keeps its drawing in ``tome/vis.py``. Each works on a
-:class:`mmtt.pretrained.ReductionRecord` of image 0 of the batch; matplotlib is imported only by
-:func:`figure`, and the ``draw_*`` functions take the axes to draw on.
+The pieces of the paper's Fig. 5 (:mod:`mmtt.tools.visualize`) and of the demo's figure
+(:mod:`mmtt.tools.demo`), as ToMe keeps its drawing in ``tome/vis.py``. Each works on a
+:class:`mmtt.pretrained.ReductionRecord` of image 0 of the batch, or on arrays
+(:func:`partition_image`); matplotlib is imported only by :func:`figure`, and the ``draw_*``
+functions take the axes to draw on.
 """
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -15,7 +16,8 @@ from torch import Tensor
 from .pretrained import IMAGENET_MEAN, IMAGENET_STD, ReductionRecord, column_shares
 
 __all__ = ['fan_out', 'pick_rows', 'rows_on_object', 'display_image', 'token_centres', 'draw_informative',
-           'draw_row', 'draw_fan_out', 'figure']
+           'draw_row', 'draw_fan_out', 'figure', 'reduction_assignment', 'partition_colours',
+           'partition_image', 'draw_partition']
 
 
 def fan_out(record: ReductionRecord, threshold: float) -> Tensor:
@@ -140,3 +142,91 @@ def figure(images: Tensor, record: ReductionRecord, grid: Tuple[int, int], rows:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return summary
+
+
+def reduction_assignment(record: ReductionRecord) -> Tensor:
+    """``[N]``: for each input token of image 0, the output token it sends most of its mass to.
+
+    Read off the reduction as ``TokenRecovery(mode='share')`` reads it
+    (:meth:`mmtt.functional.TokenMatrix.largest_share`): for Token Transforming the informative
+    token it is most similar to, for merging its group, for pruning the row holding it. The
+    input tokens of a first reduction are the image's patches in raster order.
+    """
+    return record.reduction.matrix.largest_share()[0]
+
+
+def partition_colours(count: int, seed: int = 0) -> np.ndarray:
+    """``[count, 3]`` random RGB colours in [0.1, 1] (one per output token), the same for a seed."""
+    return np.random.RandomState(seed).uniform(0.1, 1.0, size=(count, 3))
+
+
+def partition_image(image: np.ndarray, assignment, grid: Tuple[int, int], colours: Optional[np.ndarray] = None,
+                    alpha: float = 0.6, outline: bool = True, singletons: bool = False) -> np.ndarray:
+    """The image with every patch coloured by the output token it is assigned to.
+
+    As ToMe's visualisation, each group of patches (the patches assigned to one output token)
+    is filled with the photo's mean colour over the group; here that is mixed with the group's
+    own colour (weight ``alpha``) and, with ``outline``, pixels next to another group take the
+    group's colour at full strength. A patch alone in its group is only averaged unless
+    ``singletons``, so the groups that merge several patches stand out.
+
+    Args:
+        image: ``[H, W, 3]`` in [0, 1].
+        assignment: ``[h * w]`` ints (array or tensor), patch ``p`` (raster order) assigned to
+            output token ``assignment[p]`` (e.g. :func:`reduction_assignment`).
+        grid: ``(h, w)`` patches; the image is split into ``h x w`` equal cells (pixel row
+            ``y`` lies in patch row ``y * h // H``).
+        colours: ``[M, 3]`` in [0, 1], one per output token; default
+            :func:`partition_colours` of ``max(assignment) + 1``.
+        alpha: weight of a group's colour against its mean photo colour, in [0, 1].
+        outline: draw group borders in the group's colour.
+        singletons: colour and outline single-patch groups as well.
+
+    Returns:
+        ``[H, W, 3]`` float64 in [0, 1].
+    """
+    image = np.asarray(image, dtype=np.float64)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f'image must be [H, W, 3], got shape {image.shape}')
+    h, w = grid
+    if isinstance(assignment, Tensor):
+        assignment = assignment.detach().cpu().numpy()
+    labels = np.asarray(assignment).reshape(-1)
+    if labels.size != h * w or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f'assignment must hold {h} x {w} = {h * w} ints, got {labels.size} of {labels.dtype}')
+    if labels.min() < 0:
+        raise ValueError('assignment must be >= 0')
+    if not 0 <= alpha <= 1:
+        raise ValueError(f'alpha={alpha} must be in [0, 1]')
+    count = int(labels.max()) + 1
+    colours = partition_colours(count) if colours is None else np.asarray(colours, dtype=np.float64)
+    if colours.ndim != 2 or colours.shape[1] != 3 or len(colours) < count:
+        raise ValueError(f'colours must be [M, 3] with M >= {count}, got shape {colours.shape}')
+    height, width = image.shape[:2]
+    rows = np.arange(height) * h // height
+    cols = np.arange(width) * w // width
+    pixels = labels.reshape(h, w)[rows[:, None], cols[None, :]]       # [H, W] output token per pixel
+    flat = pixels.ravel()
+    area = np.bincount(flat, minlength=len(colours)).astype(np.float64)
+    means = np.stack([np.bincount(flat, weights=image[..., c].ravel(), minlength=len(colours))
+                      for c in range(3)], 1) / np.maximum(area, 1)[:, None]
+    shown = np.ones(len(colours), dtype=bool) if singletons else np.bincount(labels, minlength=len(colours)) > 1
+    fill = np.where(shown[:, None], (1 - alpha) * means + alpha * colours, means)
+    out = fill[pixels]
+    if outline:
+        edge = np.zeros(pixels.shape, dtype=bool)
+        vertical, horizontal = pixels[1:] != pixels[:-1], pixels[:, 1:] != pixels[:, :-1]
+        edge[1:] |= vertical
+        edge[:-1] |= vertical
+        edge[:, 1:] |= horizontal
+        edge[:, :-1] |= horizontal
+        edge &= shown[pixels]
+        out[edge] = colours[pixels[edge]]
+    return out.clip(0, 1)
+
+
+def draw_partition(ax, image: np.ndarray, assignment, grid: Tuple[int, int], title: str, **kwargs) -> None:
+    """:func:`partition_image` on ``ax``; ``kwargs`` go to it."""
+    ax.imshow(partition_image(image, assignment, grid, **kwargs), interpolation='nearest')
+    ax.set_title(title, fontsize=9)
+    ax.axis('off')

