@@ -27,8 +27,10 @@ def tokens(b=2, n=17, c=8):
 @pytest.mark.parametrize('tau', [float('inf'), 1e39, 3e38, float('nan'), None])
 def test_tau_that_would_overflow_float32_is_refused(tau):
     x, s = tokens(), torch.rand(2, 17)
-    for call in (lambda: TF.transform_matrix(x, s, 5, 0.55, tau),
-                 lambda: TokenTransform(tau=tau)):
+    # TokenTransform(tau=None) is the preset's tau (the paper's 150 without one).
+    calls = [lambda: TF.transform_matrix(x, s, 5, 0.55, tau)] + ([lambda: TokenTransform(tau=tau)]
+                                                                 if tau is not None else [])
+    for call in calls:
         with pytest.raises(ValueError, match=re.escape(f'tau={tau!r} must be a finite number > 0')):
             call()
 
@@ -67,7 +69,7 @@ def test_sizes_of_an_earlier_reduction_pass_unchecked_and_stay_valid():
 
 
 @pytest.mark.parametrize('cfg,needle', [
-    (dict(kappa=None), 'kappa=None must be a number'),
+    (dict(kappa='0.5'), "kappa='0.5' must be a number"),
     (dict(kappa='0.5'), "kappa='0.5' must be a number"),
     (dict(keep_ratio=None), 'keep_ratio=None must be a number in (0, 1]'),
     (dict(keep_ratio=np.float32(1.5)), 'keep_ratio=1.5 must be a number in (0, 1]'),
@@ -128,7 +130,7 @@ def small_vit():
     (dict(layers=(), selection='bogus'), "selection='bogus'"),
     (dict(layers=(), kepp_ratio=1), 'unknown apply_patch key kepp_ratio=1'),
     (dict(layers=(), tau=float('inf')), 'tau=inf'),
-    (dict(layers=(), kappa=None), 'kappa=None'),
+    (dict(layers=(), kappa='0.5'), "kappa='0.5'"),
 ])
 def test_apply_patch_names_the_bad_key_even_when_nothing_is_reduced(kwargs, needle):
     model = small_vit()

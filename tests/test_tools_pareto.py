@@ -139,6 +139,7 @@ def test_variant_and_value_parsing():
     assert parse_variant('deep=layers:2-4-6-8') == ('deep', {'layers': (2, 4, 6, 8)})
     assert parse_variant('one=layers:5') == ('one', {'layers': (5,)})
     assert parse_variant('plain=') == ('plain', {})
+    assert parse_variant('fast=preset:fast') == ('fast', {'preset': 'fast'})
     for bad in ('nolabel', '=method:tome', 'x=method', 'x=keep_ratio:0.5', 'x=recover:false',
                 f'{UNMODIFIED}=method:tome'):
         with pytest.raises(ValueError):
@@ -146,7 +147,7 @@ def test_variant_and_value_parsing():
     args = parse_args(['--images', '.'])
     assert [label for label, _ in args.parsed_variants] == ['tt', 'tome', 'tome-hidden', 'prune']
     assert args.keep_ratios == [0.5, 0.6, 0.7, 0.8, 0.9] and args.layers == [3, 6, 9]
-    for argv in (['--variants', 'a=', 'a=method:tome'], ['--variants', 'x=preset:deit-s/0.7'],
+    for argv in (['--variants', 'a=', 'a=method:tome'], ['--variants', 'x=schedule:deit-s/0.7'],
                  ['--keep-ratios', '0'], ['--size', '100'], ['--repeats', '0'], ['--dtype', 'int8']):
         with pytest.raises(SystemExit):
             parse_args(['--images', '.', *argv])
