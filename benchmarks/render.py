@@ -207,8 +207,13 @@ def render_configs(family: str, doc: Path) -> str:
         lines.append(f"| [{Path(m['Config']).name}]({link(m['Config'], doc)}) | {meta.get('Method', '-')} | "
                      f"{meta.get('Keep Ratio', '-')} | {layers} | {meta.get('Input', '-')} | "
                      f"{meta['GFLOPs (unmodified)']} -> {meta['GFLOPs']} | {checkpoint} |")
-    return ('\n'.join(lines) + f'\n\n<sub>GFLOPs from `configs/{family}/metafile.yml`, written by '
-            f'`benchmarks/flops.sh {family}` (MMEngine\'s counter, the reduction\'s own ops included).</sub>\n')
+    if family == 'mmpretrain':   # tools/update_metafile.py leaves this metafile to be written by hand
+        how = ('counted by `python tools/get_flops.py CONFIG --shape 224 224` (384 for the 384 px config) '
+               'and written by hand')
+    else:
+        how = f'written by `benchmarks/flops.sh {family}`'
+    return ('\n'.join(lines) + f'\n\n<sub>GFLOPs from `configs/{family}/metafile.yml`, {how} '
+            '(MMEngine\'s counter, the reduction\'s own ops included).</sub>\n')
 
 
 # ---------------------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ class Features(torch.nn.Module):
 
 
 def export(module: torch.nn.Module, path, batch: int = 2) -> 'ort.InferenceSession':
-    """The README's command: export at one batch size, with the batch axis dynamic."""
+    """The documented command: export at one batch size, with the batch axis dynamic."""
     with warnings.catch_warnings():   # the legacy exporter's DeprecationWarning, TracerWarnings
         warnings.simplefilter('ignore')
         torch.onnx.export(module, (torch.randn(batch, 3, IMG, IMG),), str(path), dynamo=False,
@@ -98,7 +98,7 @@ def test_other_methods_export_with_a_dynamic_batch(tmp_path, patch):
                                    dict(method='transform', selection='mixed')],
                          ids=['top_k-spread', 'mixed'])
 def test_tied_choices_export_but_follow_the_runtimes_tie_breaking(tmp_path, patch):
-    """Documented limitation (README, "Exporting to ONNX"): ``top_k`` with ``orphans='spread'``
+    """Documented limitation (docs/api.md, ONNX export): ``top_k`` with ``orphans='spread'``
     hands a column gated out entirely (all its logits 0) to k of M tied rows, and ``'mixed'``
     ranks by a sum of two integer ranks; torch's and ONNX Runtime's TopK break such ties
     differently, so these export and run at any batch, with the eager shapes, but their

@@ -120,7 +120,7 @@ def sampled_attention_scores(q: Tensor, k: Tensor, attn_bias: Optional[Tensor] =
 
     ``H_j ~ (N / R) sum_{i in rows} A_ij``, averaged over heads, where ``rows = 0, stride,
     2 stride, ...`` (R of them). On a patch grid the strided rows are spread over the whole
-    image, so the ranking of eq. 2 survives (the README gives the measured fidelity); the
+    image, so the ranking of eq. 2 survives (``docs/benchmarks.md`` gives the measured fidelity); the
     work is ``1 / stride`` of the attention map's. ``stride=1`` gives eq. 2 exactly.
 
     Args:
@@ -176,7 +176,7 @@ def distinctness_scores(x: Tensor, stride: int = 1) -> Tensor:
         x: tokens ``[B, N, C]``.
         stride: 1 (exact): the closest of all other tokens. s > 1: the closest of every s-th
             token (``k = 0, s, 2s, ...``), an ``N^2 C / s`` estimate; only the ranking is used
-            (:func:`mixed_scores`), and the README gives the measured fidelity.
+            (:func:`mixed_scores`), and ``docs/benchmarks.md`` gives the measured fidelity.
     """
     check_tensor('x', x, 3)
     check_distinct_stride(stride)
@@ -201,7 +201,7 @@ def mixed_scores(informative: Tensor, x: Tensor, stride: int = 1) -> Tensor:
 
     Informative tokens that are also unlike the others rank first. An option beside the
     paper's criterion: eq. 2 alone can pick near-duplicates of one attended region, whose
-    rows of W then cover the same tokens (see the README's ablation).
+    rows of W then cover the same tokens.
     """
     check_tensor('informative', informative, 2, x.shape[:2])
     return rank_sum(informative, distinctness_scores(x, stride))

@@ -61,7 +61,7 @@ class MethodSpec(NamedTuple):
             per-block schedule), for those left None.
         output_grid: ``output_grid(transform, (h, w))``: the grid its reduced tokens form
             (row-major), or None when they form none.
-        summary: one line for the tools' help and the README.
+        summary: one line for the tools' help and the docs.
     """
     name: str
     build: Callable[['TokenTransform', BuildInput], TokenMatrix]

@@ -33,8 +33,8 @@ class TokenRecovery(nn.Module):
             ``'assignment'`` (each original token takes the row of W that holds most of its
             weight) or ``'share'`` (the row it sent most of its mass to: for Token Transforming
             its most similar informative token, read off the build). The last two need no
-            distance computation; ``'share'`` is an option beyond the paper whose fidelity the
-            README reports. ``'reconstruct'``: Hourglass's token reconstruction layer, soft:
+            distance computation; ``'share'`` is an option beyond the paper whose fidelity
+            ``docs/benchmarks.md`` reports. ``'reconstruct'``: Hourglass's token reconstruction layer, soft:
             each original token is rebuilt from its k nearest reduced tokens at the reduction,
             weighted by ``exp(-temperature d^2)`` (:func:`mmtt.functional.reconstruction_relation`),
             so the state carries a ``[B, N, M]`` map instead of an index.
