@@ -89,3 +89,15 @@ def test_reduction_assignment_is_where_each_patch_sends_most(options):
     assert int(assignment.max()) < records[0].reduction.matrix.num_out
     out = partition_image(np.zeros((98, 98, 3)), assignment, grid)
     assert out.shape == (98, 98, 3)
+
+
+def test_demo_plans_its_settings_and_compares_tome_at_the_nearest_speed():
+    from mmtt.tools.demo import FAST, PAPER, TOME, UNMODIFIED, nearest_speed, plan
+    points = plan(0.7, [0.6, 0.7, 0.8], paper=True)
+    assert [p['label'] for p in points] == [UNMODIFIED, FAST, PAPER, TOME, TOME, TOME]
+    assert points[1]['kwargs'] == dict(preset='fast') and points[1]['keep'] == 0.7
+    assert all(p['kwargs'] == dict(method='tome', metric='hidden') for p in points[3:])
+    assert PAPER not in [p['label'] for p in plan(0.7, [0.7], paper=False)]
+    tomes = [dict(keep=0.6, speedup=1.5), dict(keep=0.7, speedup=1.37), dict(keep=0.8, speedup=1.2)]
+    assert nearest_speed(tomes, dict(speedup=1.31))['keep'] == 0.7
+    assert nearest_speed(tomes, dict(speedup=1.0))['keep'] == 0.8

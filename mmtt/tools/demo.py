@@ -27,6 +27,7 @@ from mmtt.tools._timing import time_once
 from mmtt.vis import display_image, draw_partition, reduction_assignment
 
 PHOTOS = ('chelsea', 'astronaut', 'coffee', 'rocket')
+NOISY = 0.2   # a median this far above its fastest round means a busy machine: say so
 UNMODIFIED, FAST, PAPER, TOME = 'unmodified', "mmtt preset='fast'", "mmtt preset='paper'", 'ToMe'
 
 
@@ -82,6 +83,7 @@ def measure(model: FocusModel, points: List[dict], x: torch.Tensor, layers: Sequ
     reference = points[0]
     for point in points:
         point['ms'] = 1e3 * statistics.median(point['times'])
+        point['spread'] = statistics.median(point['times']) / min(point['times']) - 1
         point['speedup'] = reference['ms'] / point['ms']
         point['iou'] = mask_iou(point['saliency'], reference['saliency']).item()
 
@@ -109,6 +111,11 @@ def report(points: List[dict], fast: dict, tome: dict, args: argparse.Namespace)
           f'{fast["gflops"]:.2f} GFLOPs) keeps saliency IoU {fast["iou"]:.3f}; ToMe at keep {tome["keep"]:g}, '
           f'the nearest speed of its keeps {"/".join("%g" % p["keep"] for p in tomes)} '
           f'(x{tome["speedup"]:.2f}, {tome["gflops"]:.2f} GFLOPs), keeps {tome["iou"]:.3f}')
+    spread = max(p['spread'] for p in points)
+    if spread > NOISY:
+        print(f'note: a median time is {100 * spread:.0f}% above its setting\'s fastest round (other processes '
+              'on the CPU?), so the speed-ups, and which ToMe keep is nearest, are uncertain; run it again '
+              'on an idle machine or with more --repeats')
 
 
 def write_figure(path: str, x: torch.Tensor, grid, reference: dict, fast: dict, tome: dict) -> None:
@@ -149,7 +156,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--layers', type=int, nargs='+', default=[3, 6, 9])
     parser.add_argument('--no-paper', dest='paper', action='store_false',
                         help="leave out the paper's literal setting (preset='paper')")
-    parser.add_argument('--repeats', type=int, default=5, help='timed rounds (median reported)')
+    parser.add_argument('--repeats', type=int, default=7, help='timed rounds (median reported)')
     parser.add_argument('--out', default='outputs/demo.png')
     args = parser.parse_args(argv)
     if args.repeats < 1:
