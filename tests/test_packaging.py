@@ -1,5 +1,6 @@
 """mmtt as an installed package: a downstream project inherits `mmtt::` configs, no checkout."""
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -31,6 +32,7 @@ def installed(tmp_path_factory):
 def test_wheel_ships_configs_metafiles_and_tools(installed):
     mim = installed / 'mmtt/.mim'
     assert (mim / 'configs/segmenter/segmenter_tt_ade20k.py').is_file()
+    assert (mim / 'configs/segmenter_tt_ade20k.py').is_file()
     assert (mim / 'tools/dist_test.sh').is_file()
     index = yaml.safe_load((mim / 'model-index.yml').read_text())
     listed = []
@@ -41,8 +43,16 @@ def test_wheel_ships_configs_metafiles_and_tools(installed):
             meta_flops = model['Metadata']
             assert (meta_flops['GFLOPs'] < meta_flops['GFLOPs (unmodified)']) == bool(meta_flops['Reduce Layers'])
             listed.append(model['Config'])
-    shipped = sorted(str(p.relative_to(mim)) for p in (mim / 'configs').rglob('*.py'))
+    # The configs of the family folders are the metafiles' models; a top-level config is an
+    # alias, `_base_ = ['./FAMILY/NAME.py']` over a listed one.
+    shipped = sorted(str(p.relative_to(mim)) for p in (mim / 'configs').glob('*/**/*.py'))
     assert sorted(listed) == shipped
+    top_level = sorted((mim / 'configs').glob('*.py'))
+    checkout = sorted((REPO / 'configs').glob('*.py'))
+    assert [p.name for p in top_level] == [p.name for p in checkout]
+    for path in top_level:
+        base = re.findall(r"^_base_ = \['\./([\w/.-]+)'\]$", path.read_text(), re.M)
+        assert len(base) == 1 and f'configs/{base[0]}' in listed, (path.name, base)
 
 
 def test_downstream_config_inherits_mmtt_config_and_tests_without_checkout(installed, tmp_path):
@@ -50,6 +60,11 @@ def test_downstream_config_inherits_mmtt_config_and_tests_without_checkout(insta
     ckpt = save_mmseg_checkpoint(tmp_path)
     downstream = write_config(
         tmp_path, 'downstream', dict(TINY_VIT, reduce_layers=(1, 2)),
+        base='mmtt::segmenter_tt_ade20k.py', replace_backbone=False,
+        header="custom_imports = dict(imports=['mmtt'], allow_failed_imports=False)\n")
+    # the family path resolves too
+    family = write_config(
+        tmp_path, 'downstream_family', dict(TINY_VIT, reduce_layers=(1, 2)),
         base='mmtt::segmenter/segmenter_tt_ade20k.py', replace_backbone=False,
         header="custom_imports = dict(imports=['mmtt'], allow_failed_imports=False)\n")
     work = tmp_path / 'elsewhere'
@@ -59,11 +74,12 @@ def test_downstream_config_inherits_mmtt_config_and_tests_without_checkout(insta
                            env=dict(os.environ, **env), capture_output=True, text=True, check=True)
     assert where.stdout.startswith(str(installed)), where.stdout
     cfg_text = subprocess.run(
-        [sys.executable, '-c', f'import mmtt; from mmengine.config import Config; '
-                               f'c = Config.fromfile("{downstream}"); print(c.model.backbone.type, '
+        [sys.executable, '-c', f'import mmtt; from mmengine.config import Config\n'
+                               f'for p in ("{downstream}", "{family}"):\n'
+                               f'    c = Config.fromfile(p); print(c.model.backbone.type, '
                                f'c.model.backbone.reduce_layers, c.model.backbone.token_transform.keep_ratio)'],
         cwd=work, env=dict(os.environ, **env), capture_output=True, text=True, check=True).stdout
-    assert cfg_text.split() == ['TokenVisionTransformer', '(1,', '2)', '0.7']
+    assert cfg_text.splitlines() == ['TokenVisionTransformer (1, 2) 0.7'] * 2, cfg_text
     metrics = run_tool([sys.executable, '-m', 'mmtt.tools.test', str(downstream), str(ckpt)], work, env)
     assert 0 <= metrics[1] <= 100
 
@@ -90,7 +106,7 @@ def test_mmseg_own_test_tool_takes_a_downstream_config_through_the_start_up_hook
     torch.save(dict(state_dict=state), ckpt)
     downstream = write_config(
         tmp_path, 'downstream', dict(TINY_VIT, reduce_layers=(1, 2)),
-        base='mmtt::segmenter/segmenter_tt_ade20k.py', replace_backbone=False,
+        base='mmtt::segmenter_tt_ade20k.py', replace_backbone=False,
         header="custom_imports = dict(imports=['mmtt'], allow_failed_imports=False)\n")
     mmseg_test = os.path.join(os.path.dirname(mmseg.__file__), '.mim', 'tools', 'test.py')
     work = tmp_path / 'elsewhere'

@@ -35,7 +35,7 @@ def write_tiny_ade20k(root: Path, count: int = 3) -> None:
 
 
 def write_config(tmp: Path, name: str, backbone: dict,
-                 base: str = str(REPO / 'configs/segmenter/segmenter_tt_ade20k.py'), header: str = '',
+                 base: str = str(REPO / 'configs/segmenter_tt_ade20k.py'), header: str = '',
                  replace_backbone: bool = True) -> Path:
     """A tiny Segmenter config over ``base`` that reads the set of :func:`write_tiny_ade20k`.
 
