@@ -18,8 +18,53 @@ CONFIG_UTILS = 'mmengine.config.utils'
 
 
 def patch_config_utils(utils) -> None:
-    """Make the module ``mmengine.config.utils`` resolve ``mmtt::`` bases (idempotent)."""
+    """Make the module ``mmengine.config.utils`` resolve ``mmtt::`` bases (idempotent).
+
+    Besides the package table: MMEngine accepts only ``pkg::folder/file.py``, while mmtt's
+    flagship configs sit at the top of ``configs/`` (``mmtt::segmenter_tt_ade20k.py``); and it
+    looks for an installed package's configs beside the distribution's location, which for an
+    editable install is not where the ``mmtt`` package is.
+    """
     utils.MODULE2PACKAGE.setdefault('mmtt', 'mmtt')
+    upstream_split = utils._get_package_and_cfg_path
+    if getattr(upstream_split, 'mmtt', False):
+        return
+
+    def get_package_and_cfg_path(cfg_path: str):
+        package, _, relative = cfg_path.partition('::')
+        if package == 'mmtt' and relative and '/' not in relative:
+            return 'mmtt', relative
+        return upstream_split(cfg_path)
+
+    get_package_and_cfg_path.mmtt = True
+    utils._get_package_and_cfg_path = get_package_and_cfg_path
+    # mmengine.config.config binds both names when it is imported: patch them where it reads them.
+    for name in ('mmengine.utils', 'mmengine.utils.package_utils', 'mmengine.config.config'):
+        module = sys.modules.get(name)
+        if module is None:
+            continue
+        if name == 'mmengine.config.config':
+            module._get_package_and_cfg_path = get_package_and_cfg_path
+        if hasattr(module, 'get_installed_path'):
+            module.get_installed_path = _installed_path(module.get_installed_path)
+
+
+def _installed_path(upstream):
+    """``get_installed_path`` that finds mmtt where Python imports it from (editable installs too)."""
+    if getattr(upstream, 'mmtt', False):
+        return upstream
+
+    def get_installed_path(package: str) -> str:
+        if package == 'mmtt':
+            import importlib.util
+            import os.path as osp
+            spec = importlib.util.find_spec('mmtt')
+            if spec is not None and spec.origin:
+                return osp.dirname(spec.origin)
+        return upstream(package)
+
+    get_installed_path.mmtt = True
+    return get_installed_path
 
 
 class _ConfigUtilsFinder(MetaPathFinder):

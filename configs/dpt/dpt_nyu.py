@@ -8,7 +8,10 @@ _base_ = [
 ]
 custom_imports = dict(imports=['mmtt'], allow_failed_imports=False)
 
+# _scope_: mmseg's registries, also when this file is inherited as an mmtt:: base (MMEngine
+# would give the dicts defined here mmtt's scope, which has no registry of its own).
 model = dict(
+    _scope_='mmseg',
     type='DepthEstimator',
     # DPT normalises RGB to [-1, 1]; training batches are padded to multiples of 32 (DPT's
     # decoder halves the 1/16 grid once), padded depth 0 = invalid for the losses.
@@ -55,7 +58,7 @@ train_pipeline = [
 train_dataloader = dict(batch_size=2, dataset=dict(pipeline=train_pipeline))
 
 # The nine metrics of Table 3, SILog as the table (x100); --out PNGs in millimetres, as NYU's.
-val_evaluator = dict(type='BTSDepthMetric', depth_scale_factor=1000.0)
+val_evaluator = dict(_scope_='mmseg', type='BTSDepthMetric', depth_scale_factor=1000.0)
 test_evaluator = val_evaluator
 
 # Fine-tuning (optional: the method is training-free): the pretrained backbone slower.
