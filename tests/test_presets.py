@@ -4,7 +4,6 @@ import timm
 import torch
 from mmengine.registry import MODELS
 
-from mmtt.functional import attention_with_scores, auto_score_stride
 from mmtt.modules import TokenTransform
 from mmtt.modules.presets import PRESET_KEYS, PRESETS
 from mmtt.patch import timm as tt
@@ -12,7 +11,7 @@ from mmtt.patch import timm as tt
 PAPER = dict(method='transform', kappa=0.55, tau=150.0, selection='informative', similarity='cosine',
              orphans='spread', top_k=None, score_stride=1, anchor=False, distinct_stride=1)
 FAST = dict(method='transform', kappa=0.3, tau=150.0, selection='mixed', similarity='cosine',
-            orphans='spread', top_k=2, score_stride='auto', anchor=True, distinct_stride=4)
+            orphans='spread', top_k=2, score_stride=8, anchor=True, distinct_stride=4)
 
 
 def settings(module: TokenTransform) -> dict:
@@ -43,23 +42,12 @@ def test_preset_fills_what_is_left_out_and_explicit_options_win():
     (dict(preset='fast', method='tome'), "preset='fast' is a Token Transforming setting; it cannot be "
                                          "combined with method='tome'"),
     (dict(preset='paper', method='prune'), "preset='paper' is a Token Transforming setting"),
-    (dict(score_stride='fast'), "score_stride='fast' must be an int >= 1 or 'auto'"),
+    (dict(score_stride='8'), "score_stride='8' must be an int >= 1"),
 ])
 def test_bad_presets_are_named(kwargs, needle):
     with pytest.raises(ValueError) as info:
         TokenTransform(**kwargs)
     assert needle in str(info.value)
-
-
-@pytest.mark.parametrize('dtype,stride', [(torch.float32, 8), (torch.float64, 8), (torch.bfloat16, 1),
-                                          (torch.float16, 1)])
-def test_auto_score_stride_follows_the_attention_dtype(dtype, stride):
-    assert auto_score_stride(dtype) == stride
-    g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(2, 3, 40, 8, generator=g).to(dtype) for _ in range(3))
-    auto = attention_with_scores(q, k, v, score_stride='auto')
-    explicit = attention_with_scores(q, k, v, score_stride=stride)
-    assert all(torch.equal(a, b) for a, b in zip(auto, explicit))
 
 
 def tiny_vit():

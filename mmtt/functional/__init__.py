@@ -27,7 +27,6 @@ from .peers import (
 from .recovery import compose_recovery_index, nearest_recovery_index, recover_tokens
 from .scores import (
     attention_with_scores,
-    auto_score_stride,
     class_token_scores,
     distinctness_scores,
     informative_scores,
@@ -40,7 +39,6 @@ from .token_matrix import TokenMatrix
 __all__ = [
     'informative_scores', 'class_token_scores', 'uniform_scores', 'distinctness_scores', 'mixed_scores',
     'attention_with_scores',
-    'auto_score_stride',
     'sampled_attention_scores',
     'similarity', 'transform_matrix', 'transform_token_matrix', 'matrix_from_queries', 'prune_matrix',
     'evit_matrix',

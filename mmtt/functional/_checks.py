@@ -1,7 +1,7 @@
 """Argument checks shared by the functional API: every message names the bad argument."""
 import inspect
 import numbers
-from typing import Any, Iterable, List, Mapping, Optional, Sequence, Union
+from typing import Any, Iterable, List, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -121,13 +121,9 @@ def check_choice(name: str, value: str, choices: Sequence[str]) -> None:
         raise ValueError(f'unknown {name}={value!r}; choose one of {", ".join(map(repr, choices))}')
 
 
-def check_score_stride(stride: Union[int, str], allow_auto: bool = True) -> None:
-    if allow_auto and stride == 'auto':
-        return
+def check_score_stride(stride: int) -> None:
     if not isinstance(stride, int) or isinstance(stride, bool) or stride < 1:
-        auto = " or 'auto'" if allow_auto else ''
-        raise ValueError(f'score_stride={stride!r} must be an int >= 1{auto} (1: every query row, '
-                         "the paper's eq. 2)")
+        raise ValueError(f'score_stride={stride!r} must be an int >= 1 (1: every query row, the paper\'s eq. 2)')
 
 
 def check_distinct_stride(stride: int) -> None:

@@ -1,5 +1,5 @@
 """Informative-token scores (eq. 2) and attention that yields them without an N x N tensor."""
-from typing import Optional, Tuple, Union
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -49,17 +49,9 @@ def class_token_scores(attn: Tensor) -> Tensor:
     return attn[:, :, 0].mean(dim=1)
 
 
-def auto_score_stride(dtype: torch.dtype) -> int:
-    """``score_stride='auto'``: 8 for float32 (or wider) attention, where the exact eq. 2 column
-    sums cost more than the fused kernel they replace; 1 (exact) in float16/bfloat16, where the
-    row-block attention runs in the low precision and costs about what the kernel does
-    (``benchmarks/reduction_cost.sh``)."""
-    return 8 if dtype.itemsize >= 4 else 1
-
-
 def attention_with_scores(q: Tensor, k: Tensor, v: Tensor, attn_bias: Optional[Tensor] = None,
                           chunk_rows: Optional[int] = None,
-                          score_stride: Union[int, str] = 1) -> Tuple[Tensor, Tensor, Tensor]:
+                          score_stride: int = 1) -> Tuple[Tensor, Tensor, Tensor]:
     """Softmax attention that also returns the informative and the class-token scores.
 
     Rows of the attention map are computed in blocks, so no ``[B, heads, N, N]`` tensor is
@@ -75,7 +67,6 @@ def attention_with_scores(q: Tensor, k: Tensor, v: Tensor, attn_bias: Optional[T
             the paper: the output comes from ``F.scaled_dot_product_attention`` (the fused
             kernel) and the column sums from every s-th query row only (row 0, the class
             token, included), rescaled by ``N / rows``: see :func:`sampled_attention_scores`.
-            ``'auto'``: :func:`auto_score_stride` of ``q``'s dtype.
 
     Returns:
         ``(out [B, heads, N, d], informative_scores [B, N], class_token_scores [B, N])``,
@@ -87,8 +78,6 @@ def attention_with_scores(q: Tensor, k: Tensor, v: Tensor, attn_bias: Optional[T
     check_tensor('k', k, 4, q.shape)
     check_tensor('v', v, 4, q.shape[:3])
     check_score_stride(score_stride)
-    if score_stride == 'auto':
-        score_stride = auto_score_stride(q.dtype)
     if score_stride > 1:
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias)
         return (out, *sampled_attention_scores(q, k, attn_bias, score_stride, chunk_rows))
@@ -134,7 +123,7 @@ def sampled_attention_scores(q: Tensor, k: Tensor, attn_bias: Optional[Tensor] =
     """
     check_tensor('q', q, 4)
     check_tensor('k', k, 4, q.shape)
-    check_score_stride(stride, allow_auto=False)
+    check_score_stride(stride)
     heads, n, d = (int(v) for v in q.shape[1:])
     work = torch.promote_types(q.dtype, torch.float32)
     q_rows = q[:, :, ::stride] * d ** -0.5

@@ -34,11 +34,10 @@ PRESETS: Dict[str, Preset] = {
     # The most faithful setting for its wall-clock speed measured on the real ViT-S/14
     # (benchmarks/pareto_vit_s14.sh): informative tokens ranked by eq. 2 plus distinctness,
     # each informative token kept whole, two shares per column of W, and the eq. 2 column sums
-    # from every 8th query row where the attention runs in float32 (in lower precision the exact
-    # sums cost about what the fused kernel does, so they stay exact: score_stride='auto').
+    # from every 8th query row, so the attention keeps the fused kernel.
     'fast': Preset(
         dict(method='transform', kappa=0.3, tau=150.0, selection='mixed', similarity='cosine',
-             orphans='spread', top_k=2, score_stride='auto', anchor=True, distinct_stride=4),
+             orphans='spread', top_k=2, score_stride=8, anchor=True, distinct_stride=4),
         recovery='share', windows=False,
         summary='Token Transforming at its measured best speed/fidelity trade-off (options beyond the paper)'),
 }

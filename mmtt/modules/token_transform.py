@@ -1,5 +1,5 @@
 """The registry-facing token-reduction module: one config dict picks the method."""
-from typing import NamedTuple, Optional, Tuple, Union
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 from mmengine.registry import MODELS
@@ -96,8 +96,6 @@ class TokenTransform(nn.Module):
             the attention map. s > 1, an option beyond the paper: the host keeps its fused
             attention kernel and the column sums come from every s-th query row
             (:func:`mmtt.functional.sampled_attention_scores`), 1 / s of the work.
-            ``'auto'``: 8 where the attention runs in float32, 1 in lower precision (where the
-            exact sums cost about what the fused kernel does).
         margin: PiToMe's energy margin in [-1, 1], only with ``method='pitome'``. None: the
             authors' DeiT schedule ``0.75 - 0.75 l / L`` where the host gives the block
             position (:meth:`for_layer`; timm and mmseg do), else their function default 0.5.
@@ -114,7 +112,7 @@ class TokenTransform(nn.Module):
                  kappa: Optional[float] = None, tau: Optional[float] = None,
                  selection: Optional[str] = None, similarity: Optional[str] = None,
                  orphans: Optional[str] = None, top_k: Optional[int] = None,
-                 score_stride: Union[int, str, None] = None, margin: Optional[float] = None,
+                 score_stride: Optional[int] = None, margin: Optional[float] = None,
                  protect: Optional[bool] = None, cluster_iters: Optional[int] = None,
                  cluster_window: Optional[int] = None,
                  cluster_temperature: Optional[float] = None, anchor: Optional[bool] = None,
