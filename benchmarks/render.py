@@ -96,7 +96,8 @@ def render_pareto(run: str, doc: Path) -> str:
     batch = result['config']['batch']
     lines = [f'{RUNS[run]}; {result["num_images"]} photos; cells: saliency IoU against the unmodified '
              f'model / speed-up at batch 1 / at batch {batch}; GFLOPs at the middle keep ratio.', '',
-             '| setting | ' + ' | '.join(f'keep {k:g}' for k in keeps) + f' | GFLOPs (keep {keeps[len(keeps) // 2]:g}) |',
+             '| setting | ' + ' | '.join(f'keep {k:g}' for k in keeps)
+             + f' | GFLOPs (keep {keeps[len(keeps) // 2]:g}) |',
              '|---' * (len(keeps) + 2) + '|']
     base = table['unmodified'][1.0]
     for label in VARIANT_NAMES:
@@ -189,7 +190,8 @@ def render_host(host: str, doc: Path) -> str:
         return missing(command)
     rows = result['results']
     args = result['args']
-    lines = [f'`{result["target"]}`, input {"x".join(map(str, args["shape"])) if args.get("shape") else "the config crop"}, '
+    shape = 'x'.join(map(str, args['shape'])) if args.get('shape') else 'the config crop'
+    lines = [f'`{result["target"]}`, input {shape}, '
              f'batch {args["batch"]}, median of {args["repeats"]} interleaved rounds; ratios against the '
              'first row.', '',
              '| variant | GFLOPs | GFLOPs x | latency ms | latency x | throughput x | peak memory MB |',
@@ -266,9 +268,11 @@ def render_results(doc: Path) -> str:
                 speed += ', backbone'
         what = {'segmenter': 'Segmenter-L, ADE20K 640x640', 'dpt': 'DPT-Hybrid, NYUv2 480x640',
                 'dino': 'DINO Swin-L, COCO 800x1333'}[host]
-        lines.append(f"| {what} ([{config}.py]({link(f'configs/{config}.py', doc)})) | {meta['GFLOPs (unmodified)']} -> "
-                     f"{meta['GFLOPs']} | {speed} | not measured (no dataset offline) | {PAPER[host]} |")
-    return ('\n'.join(lines) + f'\n\n<sub>Speed-ups: this project\'s CPU (see [benchmarks]({link("docs/benchmarks.md", doc)}) '
+        lines.append(f"| {what} ([{config}.py]({link(f'configs/{config}.py', doc)})) | "
+                     f"{meta['GFLOPs (unmodified)']} -> {meta['GFLOPs']} | {speed} | "
+                     f"not measured (no dataset offline) | {PAPER[host]} |")
+    benchmarks = link('docs/benchmarks.md', doc)
+    return ('\n'.join(lines) + f'\n\n<sub>Speed-ups: this project\'s CPU (see [benchmarks]({benchmarks}) '
             'for the machine, commands and every variant); GFLOPs: the configs\' metafiles.</sub>\n')
 
 

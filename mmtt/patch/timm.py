@@ -242,7 +242,8 @@ def apply_patch(model: VisionTransformer, method: Optional[str] = None, keep_rat
             The mmseg and mmdet backbones' config key of the same name.
         kappa, tau: see :class:`mmtt.TokenTransform`.
         recover: make ``forward_features`` return all tokens: True (the preset's recovery
-            mode; nearest-neighbour recovery, eq. 9-10, without a preset), a :class:`mmtt.TokenRecovery` mode (``'nearest'``,
+            mode; nearest-neighbour recovery, eq. 9-10, without a preset), a
+            :class:`mmtt.TokenRecovery` mode (``'nearest'``,
             ``'assignment'``, ``'share'``, ``'reconstruct'``), or its arguments as a dict
             (``dict(mode='reconstruct', temperature=10)``).
         metric: features compared for similarity: ``'hidden'`` (the block's hidden states,

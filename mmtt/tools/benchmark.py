@@ -13,11 +13,11 @@ RSS (weights and libraries included), on a GPU ``torch.cuda.max_memory_allocated
 """
 import argparse
 import json
-from pathlib import Path
 import multiprocessing as mp
 import queue as queues
 import resource
 import statistics
+from pathlib import Path
 from typing import Callable, List, Optional, Tuple
 
 import torch
