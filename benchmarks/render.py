@@ -338,7 +338,8 @@ def render_text(text: str, doc: Path) -> str:
     def fill(match: re.Match) -> str:
         name = match.group(2)
         if name not in RENDERERS:
-            raise SystemExit(f'render: error: {doc.relative_to(ROOT)}: unknown table {name!r}; '
+            where = doc.relative_to(ROOT) if doc.is_relative_to(ROOT) else doc
+            raise SystemExit(f'render: error: {where}: unknown table {name!r}; '
                              f'known: {", ".join(RENDERERS)}')
         return match.group(1) + RENDERERS[name](doc) + match.group(4)
     return BLOCK.sub(fill, text)

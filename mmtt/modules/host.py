@@ -217,6 +217,9 @@ def patch_settings(schedules: Mapping[str, dict], depth: int, what: str, *, meth
         if schedule is not None:
             raise ValueError(f'preset={preset!r} is a schedule; give it as schedule= alone')
         preset, schedule = None, preset
+    if preset is not None and preset not in PRESETS:
+        raise ValueError(f'unknown preset={preset!r}; choose one of {", ".join(map(repr, PRESETS))}, '
+                         f'or give a schedule ({", ".join(sorted(schedules))})')
     if layers is not None:
         reduce_layers = layers
     if schedule is not None:
