@@ -301,3 +301,23 @@ def test_fidelity_with_every_point_invalid_fails_in_one_line(tmp_path):
     assert not out.exists()
     code, _, err = run([sys.executable, 'tools/fidelity.py', '--images', tmp_path / 'none'])
     assert_one_line_error(code, err, 'fidelity.py: error: --images', 'no such directory')
+
+
+@pytest.mark.parametrize('content,needle', [
+    ('random', 'is not a PyTorch checkpoint holding only tensors'),
+    ('mmengine', 'is an MMEngine checkpoint (already converted?)'),
+    ('tensor', 'holds a Tensor, not a state dict'),
+    ('absent', 'no such file'),
+])
+def test_convert_dpt_checkpoint_names_a_file_that_is_not_dpts(tmp_path, content, needle):
+    src = tmp_path / f'{content}.pt'
+    if content == 'random':
+        src.write_bytes(bytes(range(256)) * 8)
+    elif content == 'mmengine':
+        from mmengine.logging import HistoryBuffer
+        torch.save(dict(state_dict={'backbone.w': torch.zeros(1)}, message_hub=dict(b=HistoryBuffer())), src)
+    elif content == 'tensor':
+        torch.save(torch.zeros(3), src)
+    code, _, err = run([sys.executable, 'tools/convert_dpt_checkpoint.py', src, tmp_path / 'out.pth'])
+    assert_one_line_error(code, err, 'convert_dpt_checkpoint.py: error:', f'{src}', needle)
+    assert not (tmp_path / 'out.pth').exists()

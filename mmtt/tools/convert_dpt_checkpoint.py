@@ -22,10 +22,13 @@ The file is read with ``torch.load(weights_only=True)``: the official file is a 
 """
 import argparse
 import os.path as osp
+from typing import Dict
 
 import torch
+from torch import Tensor
 
 from mmtt.models.dpt.convert import convert_dpt_state_dict
+from mmtt.tools._cli import ToolError, exits_on_user_error, one_line
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -35,9 +38,29 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def load_official(src: str) -> Dict[str, Tensor]:
+    """The official file's tensors; a file that is not one is a ToolError saying what it is."""
+    if not osp.isfile(src):
+        raise ToolError(f'{src}: no such file')
+    try:
+        official = torch.load(src, map_location='cpu', weights_only=True)
+    except Exception as err:   # torch raises several types for files it cannot read as weights
+        text = one_line(err)
+        if 'HistoryBuffer' in text or 'mmengine' in text:
+            raise ToolError(f'{src} is an MMEngine checkpoint (already converted?), not an official '
+                            'DPT state dict') from None
+        raise ToolError(f'{src} is not a PyTorch checkpoint holding only tensors ({text[:200]})') from None
+    if not isinstance(official, dict) or not all(isinstance(k, str) for k in official):
+        raise ToolError(f'{src} holds a {type(official).__name__}, not a state dict (name -> tensor)')
+    if 'state_dict' in official and 'model' not in official:
+        raise ToolError(f'{src} is an MMEngine checkpoint (already converted?), not an official DPT state dict')
+    return official
+
+
+@exits_on_user_error
 def main(argv=None) -> None:
     args = parse_args(argv)
-    official = torch.load(args.src, map_location='cpu', weights_only=True)
+    official = load_official(args.src)
     state_dict = convert_dpt_state_dict(official)
     dropped = len(official.get('model', official)) - len(state_dict)
     torch.save(dict(state_dict=state_dict,
