@@ -15,15 +15,20 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / 'configs/mmpretrain'
 NUM_CLASSES = 10
 TINY_ARCH = dict(embed_dims=32, num_layers=4, num_heads=2, feedforward_channels=64)
-# Backbone overrides that make each family tiny (img_size 32: 16 patches of 8x8; T2T needs 64).
+# Backbone overrides that make each family tiny (img_size 32: 16 patches of 8x8; T2T needs 64;
+# PS-ViT: 4x4 points on an 8x8 map, 2 sampling iterations and 4 plain layers).
 TINY = {
     'vit': dict(arch=dict(TINY_ARCH, _delete_=True), img_size=32, patch_size=8, init_cfg=None),
     't2t': dict(img_size=64, embed_dims=32, num_layers=4, init_cfg=None, t2t_cfg=dict(token_dims=16),
                 layer_cfgs=dict(num_heads=2, feedforward_channels=96)),
+    'psvit': dict(img_size=32, embed_dim=32, num_heads=2, depth=6, num_iters=2, stem_channels=(32,),
+                  num_point_h=4, num_point_w=4, qk_scale=None),
 }
 
 
 def family(config: Path) -> str:
+    if 'ps-vit' in config.name:
+        return 'psvit'
     return 't2t' if 't2t' in config.name else 'vit'
 
 
@@ -98,7 +103,8 @@ def host_backbone(cfg_backbone: dict) -> dict:
     host = {k: v for k, v in cfg_backbone.items()
             if k not in ('token_transform', 'reduce_layers', 'token_recovery', 'metric')}
     host['type'] = {'TokenVisionTransformer': 'VisionTransformer', 'TokenT2T_ViT': 'T2T_ViT',
-                    'TokenDistilledVisionTransformer': 'DistilledVisionTransformer'}[host['type']]
+                    'TokenDistilledVisionTransformer': 'DistilledVisionTransformer',
+                    'TokenPSViT': 'TokenPSViT'}[host['type']]   # mmpretrain has no PS-ViT
     return host
 
 

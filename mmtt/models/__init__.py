@@ -2,7 +2,7 @@
 
 Imported by ``import mmtt`` for each host that is installed in a supported version:
 ``backbones.vit`` (mmseg), ``backbones.swin`` (mmdet), ``backbones.mmpretrain_vit`` and
-``backbones.mmpretrain_t2t`` (mmpretrain), ``dpt`` (DPT-Hybrid monocular depth, mmseg
+``backbones.mmpretrain_t2t``, ``backbones.mmpretrain_psvit`` (mmpretrain), ``dpt`` (DPT-Hybrid monocular depth, mmseg
 with timm's ResNet). A host outside its supported range is skipped here, and importing its
 module directly raises an ``ImportError`` naming the versions.
 """
@@ -11,7 +11,7 @@ from ..compat import host_supported
 # First: mmseg and mmdet import mmpretrain.models themselves (mmdet's ReID models), and
 # backbones.mmpretrain_vit imports it so that transformers >= 5 does not break that import.
 if host_supported('mmpretrain'):
-    from .backbones import mmpretrain_t2t, mmpretrain_vit  # noqa: F401
+    from .backbones import mmpretrain_psvit, mmpretrain_t2t, mmpretrain_vit  # noqa: F401
 if host_supported('mmseg'):
     from .backbones import vit  # noqa: F401
     if host_supported('timm'):
