@@ -33,9 +33,10 @@ VARIANT_NAMES = {
 RUNS = {'fp32': 'float32, 448 px (1024 tokens)', 'bf16': 'bfloat16 autocast, 448 px',
         '224': 'float32, 224 px (256 tokens)'}
 
-# The paper's own figures, quoted for comparison (Tables 1, 3, 4 and section 4.3).
+# The paper's own figures, quoted for comparison (Tables 1-4 and section 4.3).
 PAPER = {
     'deit-s': 'GFLOPs 4.6 -> 3.0, top-1 79.8 -> 79.7 (Table 1)',
+    'ps-vit-b14': 'GFLOPs 5.4 -> 3.7, top-1 81.7 -> 81.5 (Table 2)',
     'segmenter': '-30% GFLOPs, mIoU -0.2 ("30% lossless", Sec. 4.3)',
     'dpt': 'GFLOPs 280 -> 200, AbsRel 0.110 -> 0.108 (Table 3)',
     'dino': 'GFLOPs 936 -> 734, FPS x1.21, mAP 58.5 -> 57.3 (Table 4)',
@@ -250,10 +251,12 @@ def render_results(doc: Path) -> str:
                 lines.append(f"| ViT-S/14 saliency, 448 px, {VARIANT_NAMES[label]}, keep 0.7 | "
                              f"{base['gflops']:.1f} -> {p['gflops']:.1f} | x{p['speedup_b1']:.2f} (batch 1) | "
                              f"saliency IoU {p['iou']:.3f} (worst photo {p['iou_min']:.3f}) | - |")
-    deit = model_entry('mmpretrain', 'deit-s_tt_in1k')['Metadata']
-    lines.append(f"| DeiT-S ([deit-s_tt_in1k.py]({link('configs/deit-s_tt_in1k.py', doc)})) | "
-                 f"{deit['GFLOPs (unmodified)']} -> {deit['GFLOPs']} | - | not measured (no ImageNet labels) | "
-                 f"{PAPER['deit-s']} |")
+    for what, config, path in (('DeiT-S', 'deit-s_tt_in1k', 'configs/deit-s_tt_in1k.py'),
+                               ('PS-ViT-B/14', 'ps-vit-b14_tt_in1k', 'configs/mmpretrain/ps-vit-b14_tt_in1k.py')):
+        meta = model_entry('mmpretrain', config)['Metadata']
+        lines.append(f"| {what} ([{Path(path).name}]({link(path, doc)})) | "
+                     f"{meta['GFLOPs (unmodified)']} -> {meta['GFLOPs']} | - | not measured (no ImageNet labels) | "
+                     f"{PAPER[config.split('_')[0]]} |")
     for host, family, config in (('segmenter', 'segmenter', 'segmenter_tt_ade20k'),
                                  ('dpt', 'dpt', 'dpt_tt_nyu'), ('dino', 'dino', 'dino_tt_swin-l_coco')):
         meta = model_entry(family, config)['Metadata']
