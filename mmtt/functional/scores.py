@@ -22,7 +22,9 @@ def _block_rows(batch, heads: int, n: int, num_rows: int) -> int:
     """
     if isinstance(batch, torch.SymInt):
         return max(1, num_rows)
-    return max(1, _CHUNK_ELEMENTS // max(1, int(batch) * heads * n))
+    # Clamped to the rows there are: when one block holds them all, a compiled graph guards
+    # on that inequality, not on the batch size, so another batch size does not recompile.
+    return max(1, min(num_rows, _CHUNK_ELEMENTS // max(1, int(batch) * heads * n)))
 
 
 def informative_scores(attn: Tensor) -> Tensor:
