@@ -1,0 +1,212 @@
+"""One-shot speed run on one CUDA device: timm ViTs (eager and torch.compile) and the two flagship
+dense backbones, unmodified against Token Transforming and ToMe, float16 and bfloat16 autocast.
+
+    .venv/bin/python benchmarks/gpu.py                     # CUDA device 0, about 8 minutes
+    .venv/bin/python benchmarks/gpu.py --device cpu --small  # the same code at tiny sizes, seconds
+
+Random weights (speed does not depend on them). Each configuration is timed after a warm-up in
+interleaved rounds (CUDA events on a GPU, ``time.perf_counter`` on the CPU); the median is kept and
+speed-ups are ratios against the same run's unmodified model at the same dtype, batch and mode.
+Writes ``benchmarks/results/gpu_<device>.json`` and prints a table.
+"""
+import argparse
+import copy
+import json
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from mmtt.tools._provenance import describe_device, provenance  # noqa: E402
+from mmtt.tools._timing import autocast, time_once  # noqa: E402
+
+KEEP = 0.7
+TIMM_VARIANTS = {   # name -> apply_patch options (None: unmodified)
+    'unmodified': None,
+    'paper': dict(preset='paper'),
+    'fast': dict(preset='fast'),
+    'tome': dict(method='tome', metric='hidden'),
+}
+TIMM_MODELS = {   # name -> (timm name, create_model options, image side); --small: tiny sizes
+    'vit_s16_224': ('vit_small_patch16_224', {}, 224),
+    'vit_b16_224': ('vit_base_patch16_224', {}, 224),
+    'vit_l16_384': ('vit_large_patch16_384', {}, 384),
+}
+TINY_TIMM = dict(depth=4, embed_dim=64, num_heads=2)
+CONFIGS = {   # name -> (config, input (H, W), tiny backbone overrides, tiny input)
+    'segmenter_l_640': ('configs/segmenter_tt_ade20k.py', (640, 640),
+                        dict(img_size=(64, 64), embed_dims=64, num_layers=4, num_heads=2, out_indices=(3,),
+                             reduce_layers=(1, 2)), (64, 64)),
+    'swin_l_800x1333': ('configs/dino_tt_swin-l_coco.py', (800, 1333),
+                        dict(embed_dims=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), window_size=7,
+                             reduce_layers=[1, 2, 4], reduced_window_size=5, pretrain_img_size=96),
+                        (96, 128)),
+}
+DTYPES = {'float16': torch.float16, 'bfloat16': torch.bfloat16}
+
+
+def device_slug(device: torch.device) -> str:
+    name = torch.cuda.get_device_name(device) if device.type == 'cuda' else device.type
+    return re.sub(r'[^a-z0-9]+', '-', name.lower()).strip('-')
+
+
+def build_timm(name: str, options: Optional[dict], small: bool) -> torch.nn.Module:
+    import timm
+
+    from mmtt.patch.timm import apply_patch
+    timm_name, kwargs, side = TIMM_MODELS[name]
+    kwargs = dict(kwargs, **TINY_TIMM, img_size=32) if small else kwargs
+    torch.manual_seed(0)
+    model = timm.create_model(timm_name, pretrained=False, num_classes=0, **kwargs).eval()
+    if options is not None:
+        depth = len(model.blocks)   # reduce after blocks at 1/4, 1/2 and 3/4 of the depth
+        apply_patch(model, keep_ratio=KEEP, reduce_layers=tuple(depth * i // 4 - 1 for i in (1, 2, 3)),
+                    **options)
+    return model
+
+
+def build_backbone(name: str, reduced: bool, small: bool) -> torch.nn.Module:
+    """The config's backbone, as ``tools/benchmark.py --part backbone`` builds it."""
+    from mmengine.config import Config
+    from mmengine.registry import MODELS, init_default_scope
+
+    from mmtt.analysis import unmodified
+    config, _, tiny, _ = CONFIGS[name]
+    cfg = Config.fromfile(str(REPO / config))
+    if not reduced:
+        cfg = unmodified(cfg)
+    backbone = copy.deepcopy(cfg.model.backbone)
+    backbone.pop('init_cfg', None)
+    if small:
+        backbone.update(tiny)
+        if not reduced:
+            backbone.reduce_layers = []
+    init_default_scope(cfg.get('default_scope', 'mmseg'))
+    torch.manual_seed(0)
+    model = MODELS.build(backbone)
+    model.eval()   # not chained: mmdet's SwinTransformer.train() returns None
+    return model
+
+
+def timed_rounds(fns: Dict[str, Callable[[], object]], device: torch.device, warmup: int,
+                 rounds: int) -> Dict[str, float]:
+    """Median seconds of each fn, timed in interleaved rounds after ``warmup`` calls each."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {key: [] for key in fns}
+    for _ in range(rounds):
+        for key, fn in fns.items():
+            times[key].append(time_once(fn, device))
+    return {key: statistics.median(t) for key, t in times.items()}
+
+
+def forward(model: Callable, x: torch.Tensor, device: torch.device, dtype: torch.dtype) -> Callable[[], object]:
+    def run():
+        with torch.no_grad(), autocast(device, dtype):
+            return model(x)
+    return run
+
+
+def measure_group(models: Dict[str, torch.nn.Module], modes: List[str], shape, batches, args,
+                  device: torch.device) -> List[dict]:
+    """Rows ``{variant, dtype, batch, mode, seconds, speedup}`` for models of one family."""
+    rows = []
+    for mode in modes:
+        nets = {key: (torch.compile(model.forward_features if hasattr(model, 'forward_features') else model,
+                                    backend=args.backend, dynamic=False) if mode == 'compiled' else
+                      getattr(model, 'forward_features', model))
+                for key, model in models.items()}
+        for dtype_name, dtype in DTYPES.items():
+            for batch in batches:
+                x = torch.randn(batch, 3, *shape, device=device)
+                seconds = timed_rounds({key: forward(net, x, device, dtype) for key, net in nets.items()},
+                                       device, args.warmup, args.rounds)
+                for key, s in seconds.items():
+                    rows.append(dict(variant=key, dtype=dtype_name, batch=batch, mode=mode, seconds=s,
+                                     speedup=seconds['unmodified'] / s))
+        if mode == 'compiled':
+            torch._dynamo.reset()
+    return rows
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--device', default='cuda', help="'cuda', 'cuda:1' or 'cpu' (default: cuda)")
+    parser.add_argument('--small', action='store_true',
+                        help='tiny models and inputs, batch 2, one round, eager compile backend (a check)')
+    parser.add_argument('--models', nargs='+', choices=[*TIMM_MODELS, *CONFIGS],
+                        help='a subset of the models (default: all)')
+    parser.add_argument('--rounds', type=int, help='interleaved timing rounds (default 5; --small 1)')
+    parser.add_argument('--warmup', type=int, help='untimed calls per configuration first (default 3; --small 1)')
+    parser.add_argument('--batch', type=int, help='the large batch (default 64; --small 2)')
+    parser.add_argument('--backend', help="torch.compile backend (default 'inductor'; --small 'eager')")
+    parser.add_argument('--json', help='output (default benchmarks/results/gpu_<device>.json)')
+    args = parser.parse_args(argv)
+    small = args.small
+    args.rounds = args.rounds or (1 if small else 5)
+    args.warmup = args.warmup or (1 if small else 3)
+    args.batch = args.batch or (2 if small else 64)
+    args.backend = args.backend or ('eager' if small else 'inductor')
+    return args
+
+
+def table(results: dict) -> str:
+    lines = ['| model | variant | dtype | batch | mode | ms | speed-up |', '|---|---|---|---|---|---|---|']
+    for name, entry in results['models'].items():
+        for r in entry['rows']:
+            lines.append(f"| {name} | {r['variant']} | {r['dtype']} | {r['batch']} | {r['mode']} | "
+                         f"{r['seconds'] * 1e3:.2f} | x{r['speedup']:.2f} |")
+    return '\n'.join(lines)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        sys.exit('benchmarks/gpu.py: no CUDA device here; pass --device cpu (with --small for a quick check)')
+    if device.type == 'cuda':
+        torch.cuda.set_device(device)
+    names = args.models or [*TIMM_MODELS, *CONFIGS]
+    batches = sorted({1, args.batch})
+    start = time.perf_counter()
+    results = dict(provenance=provenance(device, ' '.join(DTYPES)), device=describe_device(device),
+                   small=args.small, keep_ratio=KEEP, backend=args.backend, rounds=args.rounds,
+                   warmup=args.warmup, batches=batches, models={})
+    out = Path(args.json or REPO / 'benchmarks' / 'results' / f'gpu_{device_slug(device)}.json')
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        t0 = time.perf_counter()
+        if name in TIMM_MODELS:
+            models = {key: build_timm(name, options, args.small).to(device)
+                      for key, options in TIMM_VARIANTS.items()}
+            side = 32 if args.small else TIMM_MODELS[name][2]
+            shape, modes = (side, side), ['eager', 'compiled']
+        else:
+            models = {'unmodified': build_backbone(name, False, args.small).to(device),
+                      'config': build_backbone(name, True, args.small).to(device)}
+            shape, modes = CONFIGS[name][3] if args.small else CONFIGS[name][1], ['eager']
+        rows = measure_group(models, modes, shape, batches, args, device)
+        results['models'][name] = dict(shape=list(shape), variants=list(models), modes=modes, rows=rows,
+                                       seconds_total=time.perf_counter() - t0)
+        del models
+        if device.type == 'cuda':
+            torch.cuda.empty_cache()
+        results['seconds_total'] = time.perf_counter() - start
+        out.write_text(json.dumps(results, indent=1) + '\n')   # after each model: a cut-off run keeps them
+        print(f'{name}: {time.perf_counter() - t0:.0f} s', file=sys.stderr)
+    print(table(results))
+    print(f'{results["seconds_total"]:.0f} s; written to {out}')
+    return results
+
+
+if __name__ == '__main__':
+    main()
