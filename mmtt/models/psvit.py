@@ -34,16 +34,13 @@ from ..modules.host import (
     Capture,
     TokenState,
     attend,
-    check_reduce_layers,
+    config_reduction,
     reduce_tokens,
     reduces,
 )
-from ..modules.methods import default_metric
-from ..patch._build import build_module
 
 __all__ = ['PSViT', 'progressive_sample', 'ps_vit_b_14', 'ps_vit_ti_14', 'convert_to_mmpretrain']
 
-METRICS = ('hidden', 'keys')
 OUT_TYPES = ('cls_token', 'raw')
 
 
@@ -296,20 +293,12 @@ class PSViT(nn.Module):
     def _insert_reduction(self, token_transform: Optional[dict], reduce_layers: Sequence[int],
                           token_recovery: Optional[dict], metric: Optional[str]) -> None:
         depth = len(self.trans_layers)
-        reduce_layers = check_reduce_layers('reduce_layers', reduce_layers, depth,
-                                            f'{depth} trans_layers')
-        if reduce_layers and token_transform is None:
-            raise ValueError('reduce_layers is set but token_transform is None')
-        # Built even when no layer reduces, so a bad setting fails here and not in a later run.
-        transform = build_module('token_transform', token_transform)
-        recovery = build_module('token_recovery', token_recovery)
-        if metric is None:
-            metric = default_metric(transform.method) if transform is not None else 'hidden'
-        check_choice('metric', metric, METRICS)
+        reduce_layers, transform, recovery, keys = config_reduction(
+            token_transform, reduce_layers, token_recovery, metric, depth, f'{depth} trans_layers')
         self.token_transform: Optional[TokenTransform] = transform if reduce_layers else None
         self.token_recovery: Optional[TokenRecovery] = recovery
         self.reduce_layers = reduce_layers
-        settings = BlockSettings(1, recovery, metric == 'keys')
+        settings = BlockSettings(1, recovery, keys)
         for i, layer in enumerate(self.trans_layers):
             layer.token_transform = self.token_transform if i in reduce_layers else None
             layer._mmtt = settings

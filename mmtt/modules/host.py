@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from ..functional import attention_with_scores
 from ..functional._checks import check_kwargs, check_layers
+from ..patch._build import build_module
 from .methods import default_metric
 from .presets import PRESETS
 from .token_recovery import TokenRecovery
@@ -195,6 +196,40 @@ class PatchSettings(NamedTuple):
         if index not in self.reduce_layers:
             return None
         return TokenTransform(**self.transform).for_layer(index, depth)
+
+
+class ConfigReduction(NamedTuple):
+    """What a config-built backbone resolved from its reduction keys (see :func:`config_reduction`).
+
+    Attributes:
+        reduce_layers: sorted layer indices.
+        transform: the built ``TokenTransform`` (built even when no layer reduces, so a bad
+            setting fails at build time), or None.
+        recovery: the built ``TokenRecovery``, or None.
+        keys: compare head-averaged keys (the resolved ``metric`` is ``'keys'``).
+    """
+    reduce_layers: Tuple[int, ...]
+    transform: Optional[TokenTransform]
+    recovery: Optional[TokenRecovery]
+    keys: bool
+
+
+def config_reduction(token_transform: Optional[Mapping[str, Any]], reduce_layers: Sequence[int],
+                     token_recovery: Optional[Mapping[str, Any]], metric: Optional[str], depth: int,
+                     what: str) -> ConfigReduction:
+    """The reduction keys every config-built classification backbone shares, checked:
+    ``reduce_layers`` against ``depth`` (``what`` names it in the error), the modules built from
+    their configs (every key checked) and ``metric`` (default from the method table)."""
+    reduce_layers = check_reduce_layers('reduce_layers', reduce_layers, depth, what)
+    if reduce_layers and token_transform is None:
+        raise ValueError('reduce_layers is set but token_transform is None')
+    transform = build_module('token_transform', token_transform)
+    recovery = build_module('token_recovery', token_recovery)
+    if metric is None:
+        metric = default_metric(transform.method) if transform is not None else 'hidden'
+    if metric not in ('hidden', 'keys'):
+        raise ValueError(f"unknown metric={metric!r}; choose 'hidden' or 'keys'")
+    return ConfigReduction(reduce_layers, transform, recovery, metric == 'keys')
 
 
 def patch_settings(schedules: Mapping[str, dict], depth: int, what: str, *, method: Optional[str],

@@ -53,7 +53,6 @@ from mmpretrain.registry import MODELS
 from torch import Tensor
 
 from ...functional import size_bias
-from ...functional._checks import check_choice
 from ...modules import TokenRecovery, TokenTransform
 from ...modules.host import (
     BlockSettings,
@@ -61,15 +60,11 @@ from ...modules.host import (
     TokenState,
     attend,
     check_recovery,
-    check_reduce_layers,
+    config_reduction,
     reduce_tokens,
     reduces,
     weighted_mean,
 )
-from ...modules.methods import default_metric
-from ...patch._build import build_module
-
-METRICS = ('hidden', 'keys')
 
 
 def logit_scale(attn: MultiheadAttention) -> float:
@@ -162,17 +157,8 @@ class TokenBackboneMixin:
     def _insert_reduction(self, token_transform: Optional[dict], reduce_layers: Sequence[int],
                           token_recovery: Optional[dict], metric: Optional[str]) -> None:
         layers = getattr(self, self._layers_attr)
-        depth = len(layers)
-        reduce_layers = check_reduce_layers('reduce_layers', reduce_layers, depth,
-                                            f'num_layers={depth}')
-        if reduce_layers and token_transform is None:
-            raise ValueError('reduce_layers is set but token_transform is None')
-        # Built even when no layer reduces, so a bad setting fails here and not in a later run.
-        transform = build_module('token_transform', token_transform)
-        recovery = build_module('token_recovery', token_recovery)
-        if metric is None:
-            metric = default_metric(transform.method) if transform is not None else 'hidden'
-        check_choice('metric', metric, METRICS)
+        reduce_layers, transform, recovery, keys = config_reduction(
+            token_transform, reduce_layers, token_recovery, metric, len(layers), f'num_layers={len(layers)}')
         num_prefix = int(self.num_extra_tokens)
         if transform is not None and transform.score_kind == 'cls' and num_prefix == 0:
             raise ValueError(f"token_transform method={transform.method!r} with selection="
@@ -187,7 +173,7 @@ class TokenBackboneMixin:
         self.token_transform = transform
         self.token_recovery = recovery
         self.reduce_layers = reduce_layers
-        settings = BlockSettings(num_prefix, recovery, metric == 'keys')
+        settings = BlockSettings(num_prefix, recovery, keys)
         # mmpretrain builds its layers itself; swapping their classes keeps every parameter.
         for i, layer in enumerate(layers):
             layer.__class__ = self._layer_class
