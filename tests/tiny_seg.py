@@ -93,7 +93,9 @@ def free_port() -> str:
 def run_tool(args, tmp, env_extra=None):
     env = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS='1', **(env_extra or {}))
     proc = subprocess.run(args, cwd=tmp, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # A failed distributed run's cause is often in one rank's lines, far from the end of the log.
+    errors = [line for line in (proc.stdout + proc.stderr).splitlines() if 'Error' in line or 'error:' in line]
+    assert proc.returncode == 0, '\n'.join(errors[-20:]) + '\n' + proc.stdout[-3000:] + proc.stderr[-3000:]
     metrics = re.findall(r'aAcc: ([\d.]+)\s+mIoU: ([\d.]+)\s+mAcc: ([\d.]+)', proc.stdout + proc.stderr)
     assert metrics, 'no mIoU line printed:\n' + proc.stdout[-2000:] + proc.stderr[-2000:]
     return tuple(map(float, metrics[-1]))
