@@ -16,30 +16,9 @@ from ..functional._checks import check_kwargs, check_layers
 from ..patch._build import build_module
 from .methods import default_metric
 from .presets import PRESETS
+from .state import TokenState
 from .token_recovery import TokenRecovery
 from .token_transform import TokenTransform
-
-
-class TokenState(NamedTuple):
-    """Token bookkeeping of one forward.
-
-    Attributes:
-        sizes: ``[B, P + M]`` sizes of the current tokens (eq. 8), None before any reduction.
-        index: ``[B, P + N]`` recovery index of every original token into the current ones
-            (eq. 9, composed over reductions), None before any reduction or without recovery
-            (or with the soft recovery mode).
-        relation: ``[B, P + N, P + M]`` soft recovery map of the ``'reconstruct'`` mode
-            (original token n is ``sum_m relation[n, m]`` times current token m, composed over
-            reductions), None otherwise.
-        grid: ``(h, w)`` of the current non-prefix tokens while they form a grid (the patch
-            grid until the first reduction; a clustering method's centre grid after it), else
-            None. The host sets it at the start of a forward; methods that cluster in space
-            (Hourglass) need it.
-    """
-    sizes: Optional[Tensor] = None
-    index: Optional[Tensor] = None
-    relation: Optional[Tensor] = None
-    grid: Optional[Tuple[int, int]] = None
 
 
 class BlockSettings(NamedTuple):

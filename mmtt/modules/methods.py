@@ -6,15 +6,31 @@ entry here (timm's ``create_attn`` name -> class table is the model).
 """
 import inspect
 import math
-from typing import TYPE_CHECKING, Callable, Dict, NamedTuple, Optional, Tuple
+from typing import Callable, Dict, NamedTuple, Optional, Tuple
 
 from torch import Tensor
 
 from ..functional import TokenMatrix, evit_matrix, prune_matrix, tome_matrix, transform_token_matrix
 from ..functional.peers import cluster_grid, hourglass_matrix, pitome_matrix, tps_matrix
 
-if TYPE_CHECKING:   # the builders read a TokenTransform's settings; no import cycle at run time
-    from .token_transform import TokenTransform
+
+class MethodOptions(NamedTuple):
+    """The settings a builder reads, as a value (``TokenTransform.options``), already checked
+    and with the preset applied: see :class:`~mmtt.modules.TokenTransform` for each."""
+    keep_ratio: float
+    kappa: float
+    tau: float
+    selection: str
+    similarity: str
+    orphans: str
+    top_k: Optional[int] = None
+    anchor: bool = False
+    distinct_stride: int = 1
+    margin: Optional[float] = None
+    protect: Optional[bool] = None
+    cluster_iters: Optional[int] = None
+    cluster_window: Optional[int] = None
+    cluster_temperature: Optional[float] = None
 
 
 class BuildInput(NamedTuple):
@@ -41,7 +57,7 @@ class MethodSpec(NamedTuple):
 
     Attributes:
         name: the ``method=`` value.
-        build: ``build(transform, BuildInput) -> TokenMatrix``.
+        build: ``build(MethodOptions, BuildInput) -> TokenMatrix``.
         scores: attention scores it needs: ``'selection'`` (those the transform's
             ``selection`` names: eq. 2, class attention or none for uniform), ``'cls'``
             (always class attention) or None (it ranks tokens itself).
@@ -59,12 +75,12 @@ class MethodSpec(NamedTuple):
         layer_options: ``layer_options(index, depth)``: options set for block ``index`` of
             ``depth`` by hosts that call :meth:`TokenTransform.for_layer` (the authors'
             per-block schedule), for those left None.
-        output_grid: ``output_grid(transform, (h, w))``: the grid its reduced tokens form
+        output_grid: ``output_grid(MethodOptions, (h, w))``: the grid its reduced tokens form
             (row-major), or None when they form none.
         summary: one line for the tools' help and the docs.
     """
     name: str
-    build: Callable[['TokenTransform', BuildInput], TokenMatrix]
+    build: Callable[[MethodOptions, BuildInput], TokenMatrix]
     scores: Optional[str]
     summary: str
     min_keep_ratio: float = 0.0
@@ -75,10 +91,10 @@ class MethodSpec(NamedTuple):
     windows: bool = False
     needs_grid: bool = False
     layer_options: Optional[Callable[[int, int], dict]] = None
-    output_grid: Optional[Callable[['TokenTransform', Tuple[int, int]], Tuple[int, int]]] = None
+    output_grid: Optional[Callable[[MethodOptions, Tuple[int, int]], Tuple[int, int]]] = None
 
 
-def _transform(t: 'TokenTransform', inp: BuildInput) -> TokenMatrix:
+def _transform(t: MethodOptions, inp: BuildInput) -> TokenMatrix:
     # With 'mixed', the builder ranks distinctness from the token similarities it needs for W
     # anyway (one N x N product instead of N x N plus N x M).
     return transform_token_matrix(inp.metric, inp.scores, inp.num_keep, t.kappa, t.tau, inp.sizes,
@@ -95,18 +111,18 @@ CLUSTER_DEFAULTS = {option: inspect.signature(hourglass_matrix).parameters[keywo
                     for option, keyword in CLUSTER_KEYWORDS.items()}
 
 
-def clustering(t: 'TokenTransform') -> dict:
-    """The transform's Hourglass settings as :func:`~mmtt.functional.hourglass_matrix` keywords."""
+def clustering(t: MethodOptions) -> dict:
+    """The options' Hourglass settings as :func:`~mmtt.functional.hourglass_matrix` keywords."""
     return {keyword: CLUSTER_DEFAULTS[option] if getattr(t, option) is None else getattr(t, option)
             for option, keyword in CLUSTER_KEYWORDS.items()}
 
 
-def _hourglass(t: 'TokenTransform', inp: BuildInput) -> TokenMatrix:
+def _hourglass(t: MethodOptions, inp: BuildInput) -> TokenMatrix:
     return hourglass_matrix(inp.metric, inp.grid_size, cluster_grid(inp.grid_size, t.keep_ratio),
                             inp.sizes, **clustering(t))
 
 
-def _pitome(t: 'TokenTransform', inp: BuildInput) -> TokenMatrix:
+def _pitome(t: MethodOptions, inp: BuildInput) -> TokenMatrix:
     # Without a block position (a host that does not call for_layer) and no explicit setting:
     # pitome_vision's own defaults, margin 0.5 with protection.
     return pitome_matrix(inp.metric, inp.num_keep, inp.sizes,

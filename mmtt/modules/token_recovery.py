@@ -1,5 +1,5 @@
 """The registry-facing token-recovery module (eq. 9-10, and Hourglass's reconstruction)."""
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 import torch
 from mmengine.registry import MODELS
@@ -13,9 +13,7 @@ from ..functional import (
     recover_tokens,
 )
 from ..functional._checks import check_choice, check_tensor, is_int, is_real
-
-if TYPE_CHECKING:
-    from .host import TokenState
+from .state import TokenState
 
 RECOVERY_MODES = ('nearest', 'assignment', 'share', 'reconstruct')
 
@@ -114,9 +112,9 @@ class TokenRecovery(nn.Module):
         check_tensor('second', second, 3, (first.shape[0], first.shape[2], None))
         return torch.bmm(first, second.to(first.dtype))
 
-    def recover(self, tokens: Tensor, state: 'TokenState') -> Tensor:
+    def recover(self, tokens: Tensor, state: TokenState) -> Tensor:
         """``tokens: [B, P + M, C]`` back to every original token, by the forward's
-        :class:`~mmtt.modules.host.TokenState` (its relation in the soft mode, else its index);
+        :class:`~mmtt.modules.state.TokenState` (its relation in the soft mode, else its index);
         unchanged when nothing was reduced."""
         if not self.soft:
             return self(tokens, state.index)

@@ -21,7 +21,15 @@ from ..functional._checks import (
     is_real,
 )
 from ..functional.peers import check_clustering, check_grid_size
-from .methods import CLUSTER_DEFAULTS, METHODS, OPTION_OWNERS, BuildInput, MethodSpec, method_spec
+from .methods import (
+    CLUSTER_DEFAULTS,
+    METHODS,
+    OPTION_OWNERS,
+    BuildInput,
+    MethodOptions,
+    MethodSpec,
+    method_spec,
+)
 from .presets import PRESETS, preset_settings
 
 SELECTIONS = ('informative', 'cls', 'uniform', 'mixed')
@@ -190,6 +198,14 @@ class TokenTransform(nn.Module):
         return method_spec(self.method)
 
     @property
+    def options(self) -> MethodOptions:
+        """The settings the method's builder reads, as a value."""
+        return MethodOptions(self.keep_ratio, self.kappa, self.tau, self.selection, self.similarity,
+                             self.orphans, self.top_k, self.anchor, self.distinct_stride,
+                             self.margin, self.protect, self.cluster_iters, self.cluster_window,
+                             self.cluster_temperature)
+
+    @property
     def score_kind(self) -> Optional[str]:
         """Which attention scores :meth:`forward` needs from the host: ``'informative'``,
         ``'cls'`` or None. Hosts compute only what is asked for."""
@@ -225,7 +241,7 @@ class TokenTransform(nn.Module):
         """The grid the reduced tokens form when the input tokens form ``grid_size`` (None: no
         grid): the centre grid for a clustering method, None for the others."""
         make = self.spec.output_grid
-        return None if grid_size is None or make is None else tuple(make(self, grid_size))
+        return None if grid_size is None or make is None else tuple(make(self.options, grid_size))
 
     def _settings(self) -> dict:
         return dict(keep_ratio=self.keep_ratio, method=self.method, kappa=self.kappa,
@@ -298,7 +314,7 @@ class TokenTransform(nn.Module):
                 scores = uniform_scores(batch, n - num_prefix, num_keep, device=x.device)
             elif self.selection == 'mixed' and not spec.mixes_scores:
                 scores = mixed_scores(scores, feats, self.distinct_stride)
-        matrix = spec.build(self, BuildInput(feats, scores, num_keep, token_sizes, num_prefix,
+        matrix = spec.build(self.options, BuildInput(feats, scores, num_keep, token_sizes, num_prefix,
                                              grid_size))
         reduced = matrix.apply(tokens)
         prefix_sizes = matrix.sizes.new_ones(batch, num_prefix)

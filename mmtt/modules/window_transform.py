@@ -90,7 +90,7 @@ class WindowTokenTransform(nn.Module):
         win_scores = None if scores is None else window_partition(scores[..., None], window)[..., 0]
         if t.method == 'hourglass':
             queries = grid_queries(None, valid > 0, window, grid)
-            matrix = hourglass_matrix(windows, (window, window), (grid, grid), valid, **clustering(t))
+            matrix = hourglass_matrix(windows, (window, window), (grid, grid), valid, **clustering(t.options))
             # A centre with only padding near it has no mass: a tiny size keeps log s finite,
             # so a shifted window of such slots never softmaxes a row of -inf.
             sizes = matrix.sizes.clamp_min(torch.finfo(matrix.sizes.dtype).tiny)
