@@ -4,10 +4,15 @@ dense backbones, unmodified against Token Transforming and ToMe, float16 and bfl
     .venv/bin/python benchmarks/gpu.py                     # CUDA device 0, about 8 minutes
     .venv/bin/python benchmarks/gpu.py --device cpu --small  # the same code at tiny sizes, seconds
 
-Random weights (speed does not depend on them). Each configuration is timed after a warm-up in
-interleaved rounds (CUDA events on a GPU, ``time.perf_counter`` on the CPU); the median is kept and
-speed-ups are ratios against the same run's unmodified model at the same dtype, batch and mode.
-Writes ``benchmarks/results/gpu_<device>.json`` and prints a table.
+Random weights (speed does not depend on them). A case is one model, mode, dtype and batch: its
+variants are timed after a warm-up (which compiles, in the compiled mode) in interleaved rounds
+(CUDA events on a GPU, ``time.perf_counter`` on the CPU); the median is kept and speed-ups are
+ratios against the same case's unmodified model. Every eager case runs first, then the compiled
+ones, each model smallest first. A progress line per case goes to stderr. The run keeps to
+``--max-minutes`` (8): a case is started only while the time spent plus the longest case so far of
+that model and mode (of any model, for its first) fits, and the others are listed under
+``skipped`` with the reason. Writes ``benchmarks/results/gpu_<device>.json`` after every case and
+prints a table.
 """
 import argparse
 import copy
@@ -25,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from mmtt.tools._provenance import describe_device, provenance  # noqa: E402
-from mmtt.tools._timing import autocast, time_once  # noqa: E402
+from mmtt.tools._timing import allow_recompiles, autocast, time_once  # noqa: E402
 
 KEEP = 0.7
 TIMM_VARIANTS = {   # name -> apply_patch options (None: unmodified)
@@ -115,26 +120,52 @@ def forward(model: Callable, x: torch.Tensor, device: torch.device, dtype: torch
     return run
 
 
-def measure_group(models: Dict[str, torch.nn.Module], modes: List[str], shape, batches, args,
-                  device: torch.device) -> List[dict]:
-    """Rows ``{variant, dtype, batch, mode, seconds, speedup}`` for models of one family."""
-    rows = []
-    for mode in modes:
-        nets = {key: (torch.compile(model.forward_features if hasattr(model, 'forward_features') else model,
-                                    backend=args.backend, dynamic=False) if mode == 'compiled' else
-                      getattr(model, 'forward_features', model))
-                for key, model in models.items()}
-        for dtype_name, dtype in DTYPES.items():
-            for batch in batches:
-                x = torch.randn(batch, 3, *shape, device=device)
-                seconds = timed_rounds({key: forward(net, x, device, dtype) for key, net in nets.items()},
-                                       device, args.warmup, args.rounds)
-                for key, s in seconds.items():
-                    rows.append(dict(variant=key, dtype=dtype_name, batch=batch, mode=mode, seconds=s,
-                                     speedup=seconds['unmodified'] / s))
-        if mode == 'compiled':
-            torch._dynamo.reset()
-    return rows
+def forward_of(model: torch.nn.Module, mode: str, backend: str) -> Callable:
+    """What is timed: ``forward_features`` (timm) or ``forward``, compiled in the compiled mode
+    (static shapes: one graph per variant, dtype and batch)."""
+    fn = getattr(model, 'forward_features', model)
+    return torch.compile(fn, backend=backend, dynamic=False) if mode == 'compiled' else fn
+
+
+def measure_case(nets: Dict[str, Callable], shape, dtype_name: str, batch: int, mode: str, args,
+                 device: torch.device) -> List[dict]:
+    """Rows ``{variant, dtype, batch, mode, seconds, speedup}`` of one case, every variant timed
+    in the same interleaved rounds."""
+    x = torch.randn(batch, 3, *shape, device=device)
+    dtype = DTYPES[dtype_name]
+    seconds = timed_rounds({key: forward(net, x, device, dtype) for key, net in nets.items()},
+                           device, args.warmup, args.rounds)
+    return [dict(variant=key, dtype=dtype_name, batch=batch, mode=mode, seconds=s,
+                 speedup=seconds['unmodified'] / s) for key, s in seconds.items()]
+
+
+def plan(names: List[str], batches: List[int]) -> List[tuple]:
+    """Cases ``(mode, model, dtype, batch)``: every eager case, then the compiled ones (timm
+    models), in the order of ``names``."""
+    cases = []
+    for mode in ('eager', 'compiled'):
+        for name in names:
+            if mode == 'eager' or name in TIMM_MODELS:
+                cases += [(mode, name, d, b) for d in DTYPES for b in batches]
+    return cases
+
+
+def build_models(name: str, small: bool, device: torch.device) -> Dict[str, torch.nn.Module]:
+    if name in TIMM_MODELS:
+        return {key: build_timm(name, options, small).to(device) for key, options in TIMM_VARIANTS.items()}
+    return {'unmodified': build_backbone(name, False, small).to(device),
+            'config': build_backbone(name, True, small).to(device)}
+
+
+def input_shape(name: str, small: bool) -> tuple:
+    if name in TIMM_MODELS:
+        side = 32 if small else TIMM_MODELS[name][2]
+        return side, side
+    return CONFIGS[name][3] if small else CONFIGS[name][1]
+
+
+def clock(seconds: float) -> str:
+    return f'{int(seconds) // 60}:{int(seconds) % 60:02d}'
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -149,8 +180,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--warmup', type=int, help='untimed calls per configuration first (default 3; --small 1)')
     parser.add_argument('--batch', type=int, help='the large batch (default 64; --small 2)')
     parser.add_argument('--backend', help="torch.compile backend (default 'inductor'; --small 'eager')")
+    parser.add_argument('--max-minutes', type=float, default=8.0,
+                        help='time budget of the whole run; cases that would overrun it are skipped '
+                             'and listed in the JSON (default 8; 0: no budget)')
     parser.add_argument('--json', help='output (default benchmarks/results/gpu_<device>.json)')
     args = parser.parse_args(argv)
+    if args.max_minutes < 0:
+        parser.error(f'--max-minutes {args.max_minutes} must be >= 0 (0: no budget)')
     small = args.small
     args.rounds = args.rounds or (1 if small else 5)
     args.warmup = args.warmup or (1 if small else 3)
@@ -165,6 +201,9 @@ def table(results: dict) -> str:
         for r in entry['rows']:
             lines.append(f"| {name} | {r['variant']} | {r['dtype']} | {r['batch']} | {r['mode']} | "
                          f"{r['seconds'] * 1e3:.2f} | x{r['speedup']:.2f} |")
+    for case in results['skipped']:
+        lines.append(f"| {case['model']} | skipped: {case['reason']} | {case['dtype']} | {case['batch']} | "
+                     f"{case['mode']} | - | - |")
     return '\n'.join(lines)
 
 
@@ -178,31 +217,56 @@ def main(argv=None) -> dict:
     names = args.models or [*TIMM_MODELS, *CONFIGS]
     batches = sorted({1, args.batch})
     start = time.perf_counter()
+    budget = args.max_minutes * 60
     results = dict(provenance=provenance(device, ' '.join(DTYPES)), device=describe_device(device),
                    small=args.small, keep_ratio=KEEP, backend=args.backend, rounds=args.rounds,
-                   warmup=args.warmup, batches=batches, models={})
+                   warmup=args.warmup, batches=batches, max_minutes=args.max_minutes, models={}, skipped=[])
+    for name in names:
+        variants = list(TIMM_VARIANTS) if name in TIMM_MODELS else ['unmodified', 'config']
+        results['models'][name] = dict(shape=list(input_shape(name, args.small)), variants=variants,
+                                       modes=['eager', 'compiled'] if name in TIMM_MODELS else ['eager'],
+                                       rows=[], seconds_total=0.0)
     out = Path(args.json or REPO / 'benchmarks' / 'results' / f'gpu_{device_slug(device)}.json')
     out.parent.mkdir(parents=True, exist_ok=True)
-    for name in names:
+    cases = plan(names, batches)
+    longest: Dict[tuple, float] = {}   # (model, mode) and mode -> the longest case so far
+    current, nets = None, {}
+    for i, (mode, name, dtype_name, batch) in enumerate(cases, 1):
+        spent = time.perf_counter() - start
+        estimate = longest.get((name, mode), longest.get(mode, 0.0))
+        head = f'[{i}/{len(cases)} {clock(spent)}] {name} {mode} {dtype_name} batch {batch}'
+        if budget and spent + estimate > budget:
+            reason = (f'the {args.max_minutes:g}-minute budget is spent' if spent >= budget else
+                      f'the {args.max_minutes:g}-minute budget: {spent / 60:.1f} min spent, '
+                      f'the case takes about {estimate / 60:.1f} min')
+            results['skipped'].append(dict(model=name, mode=mode, dtype=dtype_name, batch=batch, reason=reason))
+            print(f'{head}: skipped ({reason})', file=sys.stderr)
+            continue
         t0 = time.perf_counter()
-        if name in TIMM_MODELS:
-            models = {key: build_timm(name, options, args.small).to(device)
-                      for key, options in TIMM_VARIANTS.items()}
-            side = 32 if args.small else TIMM_MODELS[name][2]
-            shape, modes = (side, side), ['eager', 'compiled']
-        else:
-            models = {'unmodified': build_backbone(name, False, args.small).to(device),
-                      'config': build_backbone(name, True, args.small).to(device)}
-            shape, modes = CONFIGS[name][3] if args.small else CONFIGS[name][1], ['eager']
-        rows = measure_group(models, modes, shape, batches, args, device)
-        results['models'][name] = dict(shape=list(shape), variants=list(models), modes=modes, rows=rows,
-                                       seconds_total=time.perf_counter() - t0)
-        del models
-        if device.type == 'cuda':
-            torch.cuda.empty_cache()
+        if current != (name, mode):
+            nets = {}   # the previous models go before the next are built
+            if mode == 'compiled':
+                torch._dynamo.reset()
+            if device.type == 'cuda':
+                torch.cuda.empty_cache()
+            models = build_models(name, args.small, device)
+            allow_recompiles(len(models) * len(DTYPES) * len(batches))
+            nets = {key: forward_of(model, mode, args.backend) for key, model in models.items()}
+            current = name, mode
+            del models
+        rows = measure_case(nets, input_shape(name, args.small), dtype_name, batch, mode, args, device)
+        took = time.perf_counter() - t0
+        for key in ((name, mode), mode):
+            longest[key] = max(longest.get(key, 0.0), took)
+        entry = results['models'][name]
+        entry['rows'] += rows
+        entry['seconds_total'] += took
         results['seconds_total'] = time.perf_counter() - start
-        out.write_text(json.dumps(results, indent=1) + '\n')   # after each model: a cut-off run keeps them
-        print(f'{name}: {time.perf_counter() - t0:.0f} s', file=sys.stderr)
+        out.write_text(json.dumps(results, indent=1) + '\n')   # after each case: a cut-off run keeps them
+        speedups = ', '.join(f"{r['variant']} x{r['speedup']:.2f}" for r in rows if r['variant'] != 'unmodified')
+        print(f'{head}: {took:.1f} s ({speedups})', file=sys.stderr)
+    results['seconds_total'] = time.perf_counter() - start
+    out.write_text(json.dumps(results, indent=1) + '\n')
     print(table(results))
     print(f'{results["seconds_total"]:.0f} s; written to {out}')
     return results

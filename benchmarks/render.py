@@ -3,7 +3,9 @@
 Every table of measured figures sits between ``<!-- mmtt:table NAME -->`` and
 ``<!-- mmtt:end -->`` and is written by this script from ``benchmarks/results/*.json`` (made by the
 ``benchmarks/*.sh`` scripts) and the configs' metafiles (``benchmarks/flops.sh``), so a figure has
-one value wherever it appears. ``--check`` changes nothing and fails when a block differs from
+one value wherever it appears. A run under ``torch.compile`` (the scripts' ``compile`` argument)
+writes to ``benchmarks/results/compiled/`` under the eager run's name; the ``compiled:*`` tables put
+the two side by side. ``--check`` changes nothing and fails when a block differs from
 what would be rendered (the test suite runs it).
 
     python benchmarks/render.py            # rewrite the blocks
@@ -23,6 +25,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / 'benchmarks' / 'results'
+COMPILED = 'compiled'   # the folder of RESULTS holding the torch.compile runs
 BLOCK = re.compile(r'(<!-- mmtt:table (\S+) -->\n)(.*?)(<!-- mmtt:end -->)', re.S)
 
 # Variant labels of benchmarks/pareto_vit_s14.sh, as the docs name them.
@@ -46,6 +49,11 @@ PAPER = {
 def load(name: str) -> Optional[dict]:
     path = RESULTS / name
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def load_compiled(name: str) -> Optional[dict]:
+    """The ``torch.compile`` run beside the eager result ``name``."""
+    return load(f'{COMPILED}/{name}')
 
 
 def missing(command: str) -> str:
@@ -146,6 +154,19 @@ def speed_spread(result: dict) -> float:
 # ---------------------------------------------------------------------------------------------
 # One reduction, step by step (benchmarks/reduction_cost.sh)
 
+# One reduction beyond plain SDPA: the paper's path and preset='fast' (strided scores, the mixed
+# anchored top_k=2 build, recovery read off the build), against ToMe's build + apply.
+REDUCTION_PATHS = {"`preset='paper'` (exact eq. 2 scores, dense W, eq. 9 recovery)":
+                   ('scores', 'build', 'apply', 'recovery nearest'),
+                   "`preset='fast'`": ('scores stride 8', 'build mixed anchored top_k=2',
+                                       'apply mixed anchored top_k=2', 'recovery share')}
+
+
+def reduction_ms(ms: Dict[str, float], parts: Sequence[str]) -> float:
+    """One reduction's steps beyond the plain SDPA an unreduced block pays anyway."""
+    return sum(ms[p] for p in parts) - ms['sdpa']
+
+
 def render_cost(doc: Path) -> str:
     name, command = 'reduction_cost.json', 'benchmarks/reduction_cost.sh'
     result = load(name)
@@ -159,20 +180,14 @@ def render_cost(doc: Path) -> str:
              '| step | ' + ' | '.join(keys) + ' |', '|---' * (len(keys) + 1) + '|']
     for step in steps:
         lines.append(f'| {step} | ' + ' | '.join(f'{runs[k].get(step, float("nan")):.2f}' for k in keys) + ' |')
-    # One reduction beyond plain SDPA: the paper's path and preset='fast' (strided scores, the
-    # mixed anchored top_k=2 build, recovery read off the build), against ToMe's build + apply.
-    paths = {"`preset='paper'` (exact eq. 2 scores, dense W, eq. 9 recovery)":
-             ('scores', 'build', 'apply', 'recovery nearest'),
-             "`preset='fast'`": ('scores stride 8', 'build mixed anchored top_k=2',
-                                 'apply mixed anchored top_k=2', 'recovery share')}
     lines += ['', '| one reduction beyond plain SDPA, ms (x ToMe\'s build + apply) | '
               + ' | '.join(keys) + ' |', '|---' * (len(keys) + 1) + '|']
-    for label, parts in paths.items():
+    for label, parts in REDUCTION_PATHS.items():
         if not all(p in runs[keys[0]] for p in parts):
             continue
         cells = []
         for k in keys:
-            cost = sum(runs[k][p] for p in parts) - runs[k]['sdpa']
+            cost = reduction_ms(runs[k], parts)
             cells.append(f"{cost:.2f} (x{cost / runs[k]['tome']:.1f})")
         lines.append(f'| {label} | ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines) + '\n' + source(name, result, command)
@@ -208,6 +223,107 @@ def render_host(host: str, doc: Path) -> str:
                      + '; '.join(f"{r['method']} latency x{r['latency_ratio_vs_sdpa']:.2f}, throughput "
                                  f"x{r['throughput_ratio_vs_sdpa']:.2f}" for r in vs) + '.')
     return '\n'.join(lines) + '\n' + source(name, result, command)
+
+
+# ---------------------------------------------------------------------------------------------
+# Eager and compiled side by side (the scripts' `compile` argument)
+
+def compiled_how(result: dict) -> str:
+    return f"torch.compile mode {result.get('compile_mode', 'default')}, backend {result.get('compile_backend')}"
+
+
+def eager_compiled(eager: Optional[float], compiled: Optional[float], fmt: str) -> str:
+    return ' / '.join('-' if v is None else fmt.format(v) for v in (eager, compiled))
+
+
+def render_compiled_hosts(doc: Path) -> str:
+    blocks, absent = [], []
+    for host, name in HOSTS.items():
+        compiled = load_compiled(name)
+        if compiled is None:
+            absent.append(f'`benchmarks/hosts.sh {host} compile`')
+            continue
+        eager = {r['method']: r for r in (load(name) or {}).get('results', [])}
+        args = compiled['args']
+        lines = [f'`{compiled["target"]}`, batch {args["batch"]}, median of {args["repeats"]} interleaved '
+                 f'rounds, {compiled_how(compiled)}; cells: eager / compiled, each ratio against its own '
+                 'run\'s first row.', '',
+                 '| variant | latency ms | latency x | throughput x |', '|---|---|---|---|']
+        for r in compiled['results']:
+            e = eager.get(r['method'], {})
+            lines.append(f"| {r['method']} | {eager_compiled(e.get('latency_ms'), r['latency_ms'], '{:.0f}')} | "
+                         f"{eager_compiled(e.get('latency_ratio'), r['latency_ratio'], 'x{:.2f}')} | "
+                         f"{eager_compiled(e.get('throughput_ratio'), r['throughput_ratio'], 'x{:.2f}')} |")
+        blocks.append('\n'.join(lines) + '\n' + source(f'{COMPILED}/{name}', compiled,
+                                                        f'benchmarks/hosts.sh {host} compile'))
+    if absent:
+        blocks.append(f'No compiled run of {len(absent)} host{"s" if len(absent) > 1 else ""} yet: '
+                      + ', '.join(absent) + '.\n')
+    return '\n'.join(blocks)
+
+
+def render_compiled_pareto(doc: Path) -> str:
+    blocks, absent = [], []
+    for run, what in RUNS.items():
+        name = f'pareto_vit_s14_{run}.json'
+        compiled = load_compiled(name)
+        if compiled is None:
+            absent.append(f'`benchmarks/pareto_vit_s14.sh {run} compile`')
+            continue
+        eager = pareto_points(load(name) or {'points': []})
+        table = pareto_points(compiled)
+        keeps = sorted({k for label, pts in table.items() if label != 'unmodified' for k in pts}, reverse=True)
+        batch = compiled['config']['batch']
+        lines = [f'{what}, {compiled_how(compiled)}; cells: speed-up eager / compiled, each against its own '
+                 'run\'s unmodified model.', '',
+                 '| setting | ' + ' | '.join(f'keep {k:g}, batch 1 | keep {k:g}, batch {batch}' for k in keeps) + ' |',
+                 '|---' * (2 * len(keeps) + 1) + '|']
+        for label in VARIANT_NAMES:
+            if label not in table:
+                continue
+            cells = []
+            for k in keeps:
+                c, e = table[label].get(k), eager.get(label, {}).get(k, {})
+                cells += ['-', '-'] if c is None else [
+                    eager_compiled(e.get('speedup_b1'), c['speedup_b1'], 'x{:.2f}'),
+                    eager_compiled(e.get('speedup_batch'), c['speedup_batch'], 'x{:.2f}')]
+            lines.append(f'| {VARIANT_NAMES[label]} | ' + ' | '.join(cells) + ' |')
+        base, eager_base = table['unmodified'][1.0], eager.get('unmodified', {}).get(1.0, {})
+        lines += ['', 'The unmodified model\'s median batch-1 latency, eager / compiled: '
+                  f"{eager_compiled(eager_base.get('latency_ms'), base['latency_ms'], '{:.0f}')} ms."]
+        blocks.append('\n'.join(lines) + '\n' + source(f'{COMPILED}/{name}', compiled,
+                                                        f'benchmarks/pareto_vit_s14.sh {run} compile'))
+    if absent:
+        blocks.append(f'No compiled sweep of {len(absent)} run{"s" if len(absent) > 1 else ""} yet: '
+                      + ', '.join(absent) + '.\n')
+    return '\n'.join(blocks)
+
+
+def render_compiled_cost(doc: Path) -> str:
+    name, command = 'reduction_cost.json', 'benchmarks/reduction_cost.sh compile'
+    compiled = load_compiled(name)
+    if compiled is None:
+        return f'No compiled run yet: `{command}`.\n'
+    runs, eager = compiled['results'], (load(name) or {}).get('results', {})
+    keys = list(runs)
+    lines = [f'N = {compiled["tokens"]} tokens, batch {compiled["args"]["batch"]}, {compiled_how(compiled)}; '
+             'cells: ms eager / compiled, medians of interleaved rounds.', '',
+             '| step | ' + ' | '.join(keys) + ' |', '|---' * (len(keys) + 1) + '|']
+    for step in runs[keys[0]]:
+        lines.append(f'| {step} | ' + ' | '.join(
+            eager_compiled(eager.get(k, {}).get(step), runs[k].get(step), '{:.2f}') for k in keys) + ' |')
+    lines += ['', '| one reduction beyond plain SDPA, x ToMe\'s build + apply | ' + ' | '.join(keys) + ' |',
+              '|---' * (len(keys) + 1) + '|']
+    for label, parts in REDUCTION_PATHS.items():
+        if not all(p in runs[keys[0]] for p in parts):
+            continue
+        cells = []
+        for k in keys:
+            ratios = [reduction_ms(ms, parts) / ms['tome'] if ms and all(p in ms for p in parts) else None
+                      for ms in (eager.get(k), runs[k])]
+            cells.append(eager_compiled(*ratios, 'x{:.1f}'))
+        lines.append(f'| {label} | ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines) + '\n' + source(f'{COMPILED}/{name}', compiled, command)
 
 
 def link(target: str, doc: Path) -> str:
@@ -325,6 +441,9 @@ RENDERERS: Dict[str, Callable[[Path], str]] = {
     'presets': render_presets,
     'presets:front': render_preset_fronts,
     'cost': render_cost,
+    'compiled:hosts': render_compiled_hosts,
+    'compiled:pareto': render_compiled_pareto,
+    'compiled:cost': render_compiled_cost,
     **{f'pareto:{run}': functools.partial(render_pareto, run) for run in RUNS},
     **{f'hosts:{host}': functools.partial(render_host, host) for host in HOSTS},
     **{f'configs:{family}': functools.partial(render_configs, family)

@@ -10,6 +10,12 @@ rounds after ``--warmup`` untimed forwards of each (CUDA events on a GPU); throu
 at ``--batch``. Ratios are against the unmodified model of the same run. Peak memory is then
 measured per variant in a fresh process (one ``--batch`` forward): on the CPU the process's peak
 RSS (weights and libraries included), on a GPU ``torch.cuda.max_memory_allocated``.
+
+``--dtype bfloat16|float16`` runs every forward under ``torch.autocast``. ``--compile`` times
+``torch.compile`` of the measured forward, for the unmodified model and every reduced one alike:
+each forward is called once untimed to compile it (one graph per variant and batch size), then
+``--warmup`` times; the peak-memory process compiles and then measures a second forward (on the
+CPU its resident set then includes what the compiler kept).
 """
 import argparse
 import json
@@ -27,7 +33,15 @@ from mmtt.modules.methods import METHODS  # the table of methods
 
 from ._cli import ToolError, exits_on_user_error, one_line
 from ._provenance import provenance
-from ._timing import time_once
+from ._timing import (
+    DTYPES,
+    add_compile_arguments,
+    autocast,
+    check_compile_arguments,
+    compile_forward,
+    compile_settings,
+    time_once,
+)
 
 
 def timed(fn: Callable[[], object], warmup: int, repeats: int, device: torch.device) -> float:
@@ -103,11 +117,28 @@ def peak_memory_mb(args, method: Optional[str], top_k: Optional[int] = None) -> 
     fresh process: the process's peak RSS on a CPU, ``max_memory_allocated`` on a GPU)."""
     model, shape = build_variant(args, method, top_k)
     device = torch.device(args.device)
+    batch = torch.randn(args.batch, 3, *shape, device=device)
+    with torch.no_grad(), autocast(device, DTYPES[args.dtype]):
+        if args.compile:
+            model = compile_forward(model, args, entries=2)
+            model(batch)   # compiles
+            reset_peak_memory(device)
+        elif device.type == 'cuda':
+            torch.cuda.reset_peak_memory_stats()
+        model(batch)
+    return (torch.cuda.max_memory_allocated() if device.type == 'cuda' else peak_rss()) / 2 ** 20
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start the peak anew from what is held now (Linux's ``clear_refs`` resets ``VmHWM``)."""
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats()
-    with torch.no_grad():
-        model(torch.randn(args.batch, 3, *shape, device=device))
-    return (torch.cuda.max_memory_allocated() if device.type == 'cuda' else peak_rss()) / 2 ** 20
+        return
+    try:
+        with open('/proc/self/clear_refs', 'w') as f:
+            f.write('5')
+    except OSError:
+        pass
 
 
 def peak_rss() -> int:
@@ -158,7 +189,8 @@ def peak_memory_in_fresh_process(args, method: Optional[str], top_k: Optional[in
 def measure(args, variants: List[Tuple[Optional[str], Optional[int]]]) -> List[dict]:
     """GFLOPs of each variant, then batch-1 latency and batch time in interleaved rounds (each
     round times every variant once, so a drift of the machine's speed reaches all alike);
-    medians over ``--repeats`` rounds after ``--warmup`` untimed forwards of each."""
+    medians over ``--repeats`` rounds after ``--warmup`` untimed forwards of each (with
+    ``--compile``, one more first: the compiling one)."""
     from mmtt.analysis import count_flops
     device = torch.device(args.device)
     nets, flops = [], []
@@ -169,13 +201,15 @@ def measure(args, variants: List[Tuple[Optional[str], Optional[int]]]) -> List[d
             raise ToolError(f'variant {variant_name(method, top_k)!r} failed: {one_line(err)}') from err
         flops.append(count_flops(net, (torch.randn(1, 3, *shape, device=device),)))
         nets.append(net)
+    if args.compile:   # one graph per variant and batch size
+        nets = [compile_forward(net, args, entries=2 * len(nets)) for net in nets]
     one = torch.randn(1, 3, *shape, device=device)
     batch = torch.randn(args.batch, 3, *shape, device=device)
     latency: List[List[float]] = [[] for _ in nets]
     batch_time: List[List[float]] = [[] for _ in nets]
-    with torch.no_grad():
-        for net in nets:
-            for _ in range(args.warmup):
+    with torch.no_grad(), autocast(device, DTYPES[args.dtype]):
+        for net in tqdm(nets, desc='compile' if args.compile else 'warm-up'):
+            for _ in range(args.warmup + args.compile):
                 net(one)
                 net(batch)
         for _ in tqdm(range(args.repeats), desc='rounds'):
@@ -214,8 +248,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--repeats', type=int, default=5)
     parser.add_argument('--threads', type=int, default=None, help='CPU threads (default: torch\'s)')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--dtype', choices=list(DTYPES), default='float32',
+                        help='bfloat16/float16: every forward under torch.autocast')
+    add_compile_arguments(parser)
     parser.add_argument('--json', help='write every figure to this file')
     args = parser.parse_args(argv)
+    check_compile_arguments(parser, args)
     if not 0 < args.keep_ratio <= 1:
         parser.error(f'--keep-ratio {args.keep_ratio} must be in (0, 1]')
     negative = [i for i in args.layers if i < 0]
@@ -250,6 +288,12 @@ def describe_hardware(device: str, threads: Optional[int] = None) -> str:
     return f'{platform.processor() or platform.machine()} CPU, {threads or torch.get_num_threads()} threads'
 
 
+def describe_run(args: argparse.Namespace) -> str:
+    """``'float32, eager'`` or ``'bfloat16, compiled (default, inductor)'``."""
+    how = f'compiled ({args.compile_mode}, {args.compile_backend})' if args.compile else 'eager'
+    return f'{args.dtype}, {how}'
+
+
 @exits_on_user_error
 def main(argv=None) -> List[dict]:
     args = parse_args(argv)
@@ -267,8 +311,8 @@ def main(argv=None) -> List[dict]:
         r['latency_ratio'] = base['latency_ms'] / r['latency_ms']
         r['throughput_ratio'] = r['throughput'] / base['throughput']
     target = args.model or f'{args.config} ({"backbone alone" if args.part == "backbone" else "whole model"})'
-    print(f'\n{target} on {describe_hardware(args.device, args.threads)}, batch {args.batch} for throughput, '
-          f'median of {args.repeats}')
+    print(f'\n{target} on {describe_hardware(args.device, args.threads)}, {describe_run(args)}, '
+          f'batch {args.batch} for throughput, median of {args.repeats}')
     print(f'{"method":<16}{"GFLOPs":>9}{"x":>7}{"ops %":>7}{"latency ms":>12}{"x":>7}{"img/s":>9}'
           f'{"x":>7}{"peak MB":>9}')
     for r in results:
@@ -292,7 +336,8 @@ def main(argv=None) -> List[dict]:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         with open(args.json, 'w') as f:
             json.dump(dict(target=target, hardware=describe_hardware(args.device, args.threads),
-                           provenance=provenance(args.device), args=vars(args), results=results),
+                           provenance=provenance(args.device, args.dtype), dtype=args.dtype,
+                           **compile_settings(args), args=vars(args), results=results),
                       f, indent=2)
     return results
 

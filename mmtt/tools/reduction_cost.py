@@ -17,6 +17,9 @@ Steps: ``sdpa`` (the block's own attention, what an unreduced block pays anyway)
 options' builds), ``recovery`` (eq. 9's nearest-neighbour index,
 or ``share``, read off the build), and ``tome`` (ToMe's build + apply). The budget line adds a
 Token Transforming reduction's cost beyond plain SDPA and compares it with ToMe's.
+
+``--compile`` times ``torch.compile`` of every step alike (one graph per step, dtype and keep
+ratio; one extra untimed call compiles it before the ``--warmup`` ones).
 """
 import argparse
 import json
@@ -31,10 +34,16 @@ from torch import Tensor
 from mmtt import functional as TF
 from mmtt.pretrained import load_focus_model, preprocess
 from mmtt.tools._provenance import provenance
-from mmtt.tools._timing import autocast, time_once
+from mmtt.tools._timing import (
+    DTYPES,
+    add_compile_arguments,
+    autocast,
+    check_compile_arguments,
+    compile_forward,
+    compile_settings,
+    time_once,
+)
 from mmtt.tools.fidelity_core import list_images
-
-DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
 
 
 def capture_block_inputs(size: int, layer: int, images: Sequence[Path], device: torch.device) -> Dict[str, Tensor]:
@@ -104,8 +113,13 @@ def measure(inputs: Dict[str, Tensor], args: argparse.Namespace, dtype_name: str
     with torch.no_grad(), autocast(device, dtype):
         steps = steps_for(inputs, keep_ratio, args.kappa, args.tau, args.score_strides, args.top_k, dtype,
                           args.mixed, args.anchor, args.distinct_stride)
+        if args.compile:
+            # Steps built in a loop share one code object: room for every form at every
+            # dtype and keep ratio of the run.
+            entries = len(steps) * len(args.dtypes) * len(args.keep_ratios)
+            steps = {name: compile_forward(fn, args, entries) for name, fn in steps.items()}
         for fn in steps.values():
-            for _ in range(args.warmup):
+            for _ in range(args.warmup + args.compile):
                 fn()
         times: Dict[str, List[float]] = {name: [] for name in steps}
         for _ in range(args.repeats):
@@ -154,8 +168,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--repeats', type=int, default=15)
     parser.add_argument('--threads', type=int, default=None, help="CPU threads (default: torch's)")
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    add_compile_arguments(parser)
     parser.add_argument('--json', default=None, help='write every median to this file')
     args = parser.parse_args(argv)
+    check_compile_arguments(parser, args)
     if args.size <= 0 or args.size % 14:
         parser.error(f'--size {args.size} must be a positive multiple of 14')
     if not 0 <= args.layer < 12:
@@ -186,7 +202,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, float]]:
         for keep in args.keep_ratios:
             ms = measure(inputs, args, dtype_name, keep)
             results[f'{dtype_name} keep {keep}'] = ms
-            print(f'\n{dtype_name}, keep {keep} (N = {n}, M = {round(keep * n)}), batch {args.batch}, '
+            print(f'\n{dtype_name}{", compiled" if args.compile else ""}, keep {keep} '
+                  f'(N = {n}, M = {round(keep * n)}), batch {args.batch}, '
                   f'{hardware}, median of {args.repeats} interleaved rounds (ms):')
             for name, t in ms.items():
                 print(f'  {name:<32} {t:8.2f}')
@@ -194,8 +211,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, float]]:
             print('\n'.join(budget_lines(ms, args.score_strides, args.top_k)))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(dict(hardware=hardware, provenance=provenance(args.device),
-                                                   tokens=n, args=vars(args), results=results), indent=1))
+        Path(args.json).write_text(json.dumps(dict(
+            hardware=hardware, provenance=provenance(args.device, ' '.join(args.dtypes)), dtypes=args.dtypes,
+            **compile_settings(args), tokens=n, args=vars(args), results=results), indent=1))
     return results
 
 
