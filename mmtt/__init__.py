@@ -11,8 +11,9 @@ check_versions()
 
 from . import _mim, models  # noqa: F401
 from .modules import Reduction, TokenRecovery, TokenTransform
+from .modules.host import remove_patch
 from .version import __version__
 
 _mim.register()
 
-__all__ = ['TokenTransform', 'TokenRecovery', 'Reduction', '__version__']
+__all__ = ['TokenTransform', 'TokenRecovery', 'Reduction', 'remove_patch', '__version__']

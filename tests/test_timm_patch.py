@@ -6,7 +6,8 @@ from timm.layers import Attention
 from timm.models.vision_transformer import Block, VisionTransformer
 
 from mmtt.analysis import count_flops
-from mmtt.modules.host import BlockSettings, TokenState
+from mmtt.modules.host import BlockSettings
+from mmtt.modules.state import StateStep, TokenState
 from mmtt.patch import timm as tt
 
 TINY = {   # name -> kwargs giving a small model with the family's prefix-token layout
@@ -114,7 +115,7 @@ def test_anchor_reaches_the_blocks_and_keeps_informative_tokens_whole():
     transform = model.blocks[1].token_transform
     assert transform.anchor and 'anchor=True' in repr(transform)
     with torch.no_grad():
-        hidden = model.blocks[0](model._embed(x), TokenState())[0]
+        hidden = model.blocks[0](model._embed(x), step=StateStep())
         scores = torch.rand(hidden.shape[:2], generator=torch.Generator().manual_seed(0))
         out = transform(hidden, num_prefix=1, scores=scores)
     w, kept = out.matrix.dense(), transform.num_keep(hidden.shape[1] - 1)
@@ -138,7 +139,7 @@ def test_block_with_sizes_equals_block_on_duplicated_tokens():
         ref = block(expanded)
         block.__class__ = tt.TokenBlock
         block.token_transform, block._mmtt = None, BlockSettings(num_prefix=1)
-        out, _ = block(x, TokenState(sizes=sizes))
+        out = block(x, step=StateStep(TokenState(sizes=sizes)))
     first_copy = torch.cat([torch.zeros(1), sizes[0].cumsum(0)[:-1]]).long()
     assert torch.allclose(out[0], ref[0, first_copy], atol=1e-5)
 
@@ -181,3 +182,38 @@ def test_bad_arguments_are_named():
     tt.apply_patch(model, layers=(1,))
     with pytest.raises(ValueError, match='already patched'):
         tt.apply_patch(model, layers=(1,))
+
+
+def test_forward_hooks_on_blocks_see_tensors_as_on_timms_model():
+    """A patched block returns its tokens alone (the state travels in a StateStep), so the usual
+    way to pull features out of a timm ViT keeps working: one tensor per block, with the reduced
+    token count after a reduction."""
+    model = make('vit_tiny_patch16_224')
+    x = image(model)
+    tt.apply_patch(model, keep_ratio=0.5, reduce_layers=(1,))
+    seen = []
+    hooks = [b.register_forward_hook(lambda m, args, out: seen.append(out)) for b in model.blocks]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    assert all(isinstance(t, torch.Tensor) for t in seen) and len(seen) == len(model.blocks)
+    n = 1 + (x.shape[-1] // 16) ** 2
+    assert [t.shape[1] for t in seen] == [n, 1 + round(0.5 * (n - 1))] + [1 + round(0.5 * (n - 1))] * 2
+
+
+def test_one_remove_patch_undoes_the_timm_patch_exactly():
+    import mmtt
+    model = make('vit_tiny_patch16_224')
+    x = image(model)
+    with torch.no_grad():
+        ref = model(x)
+    classes = [type(m) for m in model.modules()]
+    keys = {name: set(vars(m)) for name, m in model.named_modules()}
+    tt.apply_patch(model, keep_ratio=0.5, reduce_layers=(1, 2), recover=True)
+    assert mmtt.remove_patch(model) is model
+    assert [type(m) for m in model.modules()] == classes
+    assert {name: set(vars(m)) for name, m in model.named_modules()} == keys
+    with torch.no_grad():
+        assert torch.equal(model(x), ref)
+    tt.apply_patch(model, keep_ratio=0.5, reduce_layers=(1,))   # patchable again

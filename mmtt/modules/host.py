@@ -1,9 +1,13 @@
-"""What every host (timm, mmseg, mmdet backbones) shares: per-forward token state as a value,
-the one shape in which a reducing block asks its attention for scores, and the host checks.
+"""The host adapter: what every host (timm, LV-ViT, transformers, the mmseg, mmdet and
+mmpretrain backbones) shares. Settings are resolved once (:func:`patch_settings` for
+``apply_patch``, :func:`config_reduction` for config keys, :func:`layer_transforms` for the
+per-block schedule); a reducing block asks its attention for scores in one shape
+(:class:`Capture`, :func:`attend`) and reduces with :func:`reduce_tokens`; classes are swapped
+with :func:`swap_class` and every patch is undone by :func:`remove_patch`. A host file holds
+only what differs: which classes, where the attention's projections are, its loop.
 
-State flows with the data. A forward starts from ``TokenState()``, each reducing block returns
-a new one beside its tokens, and the model hands it to the next block: nothing about a forward
-is written on a module, so one model serves concurrent threads, and a block recomputed by
+State flows with the data (:mod:`mmtt.modules.state`): nothing about a forward is written on
+a module, so one model serves concurrent threads, and a block recomputed by
 ``torch.utils.checkpoint`` sees the same state it saw the first time.
 """
 from typing import Any, Dict, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
@@ -119,6 +123,52 @@ def weighted_mean(x: Tensor, sizes: Optional[Tensor], num_prefix: int) -> Tensor
     return (tokens * weights).sum(dim=1) / weights.sum(dim=1)
 
 
+def layer_transforms(transform: Optional[TokenTransform], reduce_layers: Sequence[int],
+                     depth: int) -> Tuple[Optional[TokenTransform], ...]:
+    """The transform of each of ``depth`` blocks: ``transform`` with the method's per-block
+    schedule (:meth:`TokenTransform.for_layer`, PiToMe's) in the blocks of ``reduce_layers``,
+    None elsewhere (and everywhere when ``transform`` keeps every token)."""
+    if transform is None or transform.keep_ratio >= 1:
+        return (None,) * depth
+    return tuple(transform.for_layer(i, depth) if i in reduce_layers else None for i in range(depth))
+
+
+def swap_class(module: nn.Module, cls: type, **attrs: Any) -> None:
+    """Make ``module`` a ``cls`` in place (a subclass of its class: parameters and state-dict
+    keys stay) and set ``attrs`` on it, recording both so :func:`remove_patch` undoes them."""
+    if '_mmtt_parent' not in module.__dict__:
+        module._mmtt_parent = type(module)
+        module._mmtt_added = tuple(attrs)
+    else:
+        module._mmtt_added = tuple(dict.fromkeys(module._mmtt_added + tuple(attrs)))
+    module.__class__ = cls
+    for name, value in attrs.items():
+        setattr(module, name, value)
+
+
+def record_parent(module: nn.Module, parent: type, added: Sequence[str]) -> None:
+    """Record, for a backbone built as an mmtt class, the host class it extends and the
+    attributes it adds, so :func:`remove_patch` turns it into the host's own backbone."""
+    module._mmtt_parent = parent
+    module._mmtt_added = tuple(added)
+
+
+def remove_patch(model: nn.Module) -> nn.Module:
+    """Undo every mmtt patch in ``model``, in place, whichever host it came from (an
+    ``apply_patch`` or an mmtt backbone built from a config): each swapped module gets its
+    class back and loses what mmtt added, so the model computes exactly what the host's does.
+    A model without a patch is returned unchanged."""
+    for module in list(model.modules()):
+        parent = module.__dict__.pop('_mmtt_parent', None)
+        if parent is None:
+            continue
+        for name in module.__dict__.pop('_mmtt_added'):
+            if hasattr(module, name):
+                delattr(module, name)
+        module.__class__ = parent
+    return model
+
+
 def check_recovery(token_recovery: Optional[dict], needed: bool, why: str) -> None:
     """A backbone whose outputs need the full token grid must have a ``token_recovery``."""
     if needed and token_recovery is None:
@@ -144,7 +194,7 @@ def check_host_blocks(model: nn.Module, host: type, patched: type, block: type, 
     if not isinstance(model, host):
         raise ValueError(f'model must be a {library} {host.__name__}, got {type(model).__name__}')
     if isinstance(model, patched):
-        raise ValueError('model is already patched; call remove_patch(model) first')
+        raise ValueError('model is already patched; call mmtt.remove_patch(model) first')
     for i, b in enumerate(model.blocks):
         if type(b) is not block or type(b.attn) is not attn:
             raise ValueError(f'block {i} is {type(b).__name__} with {type(b.attn).__name__}; '
@@ -169,12 +219,13 @@ class PatchSettings(NamedTuple):
     keys: bool
     recovery: Optional[TokenRecovery]
 
+    def layer_transforms(self, depth: int) -> Tuple[Optional[TokenTransform], ...]:
+        """The transform of each of ``depth`` blocks (see :func:`layer_transforms`)."""
+        return layer_transforms(TokenTransform(**self.transform), self.reduce_layers, depth)
+
     def transform_for(self, index: int, depth: int) -> Optional[TokenTransform]:
-        """The transform of block ``index`` of ``depth`` (per-block method schedules applied), or
-        None where the block does not reduce."""
-        if index not in self.reduce_layers:
-            return None
-        return TokenTransform(**self.transform).for_layer(index, depth)
+        """The transform of block ``index`` of ``depth`` (see :func:`layer_transforms`)."""
+        return self.layer_transforms(depth)[index]
 
 
 class ConfigReduction(NamedTuple):

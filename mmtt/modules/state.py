@@ -30,3 +30,16 @@ class TokenState(NamedTuple):
     index: Optional[Tensor] = None
     relation: Optional[Tensor] = None
     grid: Optional[Tuple[int, int]] = None
+
+
+class StateStep:
+    """One block's step of the forward's :class:`TokenState`: ``state`` before the block, which
+    the block reads, and ``next`` after it, which the block sets. A patched block then returns
+    its tokens alone, as the host's block does (a user's forward hook on a block sees a tensor),
+    while the state still travels with the forward and never sits on a module. The model's
+    loop makes one per block; since the block never overwrites ``state``, a checkpointed block
+    recomputes from the state it first saw."""
+
+    def __init__(self, state: TokenState = TokenState()) -> None:
+        self.state = state
+        self.next = state

@@ -6,9 +6,11 @@ Blocks without a reduction run timm's own code with ``log s`` as SDPA's ``attn_m
 the fused attention kernel stays in use.
 
 The patched model runs its blocks itself (``forward_features`` and ``forward_intermediates``
-restate timm's block loop) because each block takes and returns the forward's
-:class:`~mmtt.modules.host.TokenState`: nothing about a forward is stored on the model, so
-threads may share it and checkpointed blocks recompute exactly.
+restate timm's block loop) because each block reads and replaces the forward's
+:class:`~mmtt.modules.state.TokenState` through a :class:`~mmtt.modules.state.StateStep` made
+per block: nothing about a forward is stored on the model, so threads may share it and
+checkpointed blocks recompute exactly, and each block still returns a tensor, so forward hooks
+on ``model.blocks[i]`` work as on timm's model.
 """
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -27,14 +29,16 @@ from ..modules import TokenRecovery, TokenTransform
 from ..modules.host import (
     BlockSettings,
     Capture,
-    TokenState,
     attend,
     check_host_blocks,
     patch_settings,
     reduce_tokens,
     reduces,
+    swap_class,
     weighted_mean,
 )
+from ..modules.host import remove_patch as host_remove_patch
+from ..modules.state import StateStep, TokenState
 
 # The paper's schedules (Table 1), as 0-based block indices after whose attention tokens are
 # reduced. "/0.7" keeps 70% of the tokens at each reduction.
@@ -60,38 +64,49 @@ class TokenAttention(Attention):
         if capture is None:
             return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
         b, n, _ = x.shape
-        gate = self.gate(x).sigmoid() if self.gate is not None else None
+        # gate, norm and attn_dim are read as the timm release has them (gate: timm >= 1.0.28).
+        gate = getattr(self, 'gate', None)
+        gate = gate(x).sigmoid() if gate is not None else None
+        width = self.num_heads * self.head_dim
         q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k = self.q_norm(q), self.k_norm(k)
         out, captured = attend(q, k, v, attn_mask, capture,
                                dropout_p=self.attn_drop.p if self.training else 0.0)
-        out = self.norm(out.transpose(1, 2).reshape(b, n, self.attn_dim))
+        out = out.transpose(1, 2).reshape(b, n, width)
+        norm = getattr(self, 'norm', None)
+        out = norm(out) if norm is not None else out
         if gate is not None:
             out = out * gate
         return self.proj_drop(self.proj(out)), captured
 
 
 class TokenBlock(Block):
-    """timm ``Block`` that takes and returns the forward's :class:`TokenState`, applies the
-    size bias, and reduces tokens between attention and MLP where it has a transform (Fig. 3)."""
+    """timm ``Block`` that applies the size bias and reduces tokens between attention and MLP
+    where it has a transform (Fig. 3). It returns the tokens alone, as timm's block does (a
+    forward hook on ``model.blocks[i]`` sees a tensor); the forward's :class:`TokenState`
+    comes in and goes out through ``step``, a :class:`StateStep` the model's loop makes per
+    block. Called without one it is timm's block."""
     token_transform: Optional[TokenTransform]
     _mmtt: BlockSettings
 
-    def forward(self, x: Tensor, state: TokenState, attn_mask: Optional[Tensor] = None,
-                is_causal: bool = False) -> Tuple[Tensor, TokenState]:
+    def forward(self, x: Tensor, attn_mask: Optional[Tensor] = None, is_causal: bool = False,
+                step: Optional[StateStep] = None) -> Tensor:
+        if step is None:
+            return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
+        state = step.state
         bias = size_bias(state.sizes, x.dtype)
         if bias is not None:
             attn_mask = bias if attn_mask is None else attn_mask + bias
         transform, settings = self.token_transform, self._mmtt
         if not reduces(transform, x.shape[1] - settings.num_prefix):
-            return super().forward(x, attn_mask=attn_mask, is_causal=is_causal), state
+            return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
         # timm's Block.forward, with the reduction between attention and MLP.
         attended, captured = self.attn(self.norm1(x), attn_mask=attn_mask, is_causal=is_causal,
                                        capture=Capture.of(transform, keys=settings.keys))
         x = x + self.drop_path1(self.ls1(attended))
-        x, state = reduce_tokens(x, state, transform, settings.recovery, settings.num_prefix,
-                                 captured)
-        return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x)))), state
+        x, step.next = reduce_tokens(x, state, transform, settings.recovery, settings.num_prefix,
+                                     captured)
+        return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
 
 
 class TokenModelMixin:
@@ -99,7 +114,7 @@ class TokenModelMixin:
     distilled model): runs the blocks with explicit token state, recovers tokens if asked, and
     weights average pooling by token size."""
     token_recovery: Optional[TokenRecovery]
-    _mmtt_base: type
+    _mmtt_parent: type
     _mmtt_recover: bool
 
     def _run_blocks(self, x: Tensor, attn_mask: Optional[Tensor], is_causal: bool,
@@ -113,10 +128,12 @@ class TokenModelMixin:
         is_causal = bool(is_causal)
         checkpoint = self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting()
         for block in list(self.blocks)[:num_blocks]:
-            if checkpoint:   # non-reentrant: the state tuple goes in and comes out
-                x, state = cp.checkpoint(block, x, state, attn_mask, is_causal, use_reentrant=False)
+            step = StateStep(state)
+            if checkpoint:   # non-reentrant; a recomputation sets step.next to the same state
+                x = cp.checkpoint(block, x, attn_mask, is_causal, step=step, use_reentrant=False)
             else:
-                x, state = block(x, state, attn_mask, is_causal)
+                x = block(x, attn_mask, is_causal, step=step)
+            state = step.next
             yield x, state
 
     def _embed(self, x: Tensor) -> Tensor:
@@ -204,7 +221,7 @@ class TokenModelMixin:
 
     def __reduce_ex__(self, protocol):
         # The class is made by _token_class; pickle rebuilds it from timm's (importable) class.
-        return _restore_patched, (self._mmtt_base,), dict(self.__dict__)
+        return _restore_patched, (self._mmtt_parent,), dict(self.__dict__)
 
 
 _TOKEN_CLASSES: Dict[type, type] = {}
@@ -268,27 +285,16 @@ def apply_patch(model: VisionTransformer, method: Optional[str] = None, keep_rat
                            layers=layers,
                            transform_kwargs=transform_kwargs)
     block_settings = BlockSettings(model.num_prefix_tokens, patch.recovery, patch.keys)
-    for i, block in enumerate(model.blocks):
-        block.__class__ = TokenBlock
-        block.token_transform = patch.transform_for(i, depth)
-        block._mmtt = block_settings
-        if i in patch.reduce_layers:
-            block.attn.__class__ = TokenAttention
-    model._mmtt_base = type(model)
-    model.__class__ = _token_class(type(model))
-    model._mmtt_recover = bool(recover)
-    model.token_recovery = patch.recovery
+    for block, transform in zip(model.blocks, patch.layer_transforms(depth)):
+        swap_class(block, TokenBlock, token_transform=transform, _mmtt=block_settings)
+        if transform is not None:
+            swap_class(block.attn, TokenAttention)
+    swap_class(model, _token_class(type(model)), _mmtt_recover=bool(recover),
+               token_recovery=patch.recovery)
     return model
 
 
 def remove_patch(model: VisionTransformer) -> VisionTransformer:
-    """Undo :func:`apply_patch`, in place; the model is then exactly timm's again."""
-    if not isinstance(model, TokenModelMixin):
-        return model
-    for block in model.blocks:
-        del block.token_transform, block._mmtt
-        block.attn.__class__ = Attention
-        block.__class__ = Block
-    model.__class__ = model._mmtt_base
-    del model._mmtt_recover, model.token_recovery, model._mmtt_base
-    return model
+    """Undo :func:`apply_patch`, in place; the model is then exactly timm's again
+    (:func:`mmtt.remove_patch`, which undoes any host's patch)."""
+    return host_remove_patch(model)
