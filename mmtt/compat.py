@@ -4,7 +4,8 @@ from typing import List
 
 from packaging.version import Version
 
-# package -> (lowest supported, first unsupported); checked only when installed.
+# package -> (lowest supported, first unsupported), or a tuple of such ranges; checked only
+# when installed.
 SUPPORTED = {
     'torch': ('2.1.0', '3.0.0'),
     'mmengine': ('0.10.0', '1.0.0'),
@@ -14,9 +15,9 @@ SUPPORTED = {
     'timm': ('1.0.0', '2.0.0'),
     'mmpretrain': ('1.2.0', '1.3.0'),
     'tlt': ('0.2.0', '0.3.0'),
-    # 4.51 only: mmtt.patch.transformers follows its LLaVA layout (4.52 moved it into
-    # LlavaModel), and mmpretrain 1.2's multimodal models need modeling_utils names 4.52 dropped.
-    'transformers': ('4.51.0', '4.52.0'),
+    # The two lines mmtt.patch.transformers is tested with: 4.51 (beside mmpretrain 1.2, whose
+    # multimodal models need modeling_utils names 4.52 dropped) and 5.x from 5.25 (.venv-hf/).
+    'transformers': (('4.51.0', '4.52.0'), ('5.25.0', '6.0.0')),
 }
 # What each part of mmtt needs: the core on import, a host's module when it is imported.
 CORE = ('torch', 'mmengine')
@@ -34,14 +35,16 @@ def version_problems(*packages: str) -> List[str]:
     """One line per installed package of ``packages`` outside its supported range."""
     problems = []
     for package in packages:
-        low, high = SUPPORTED[package]
+        ranges = SUPPORTED[package]
+        ranges = (ranges,) if isinstance(ranges[0], str) else ranges
         try:
             installed = version(package)
         except PackageNotFoundError:
             continue
         release = Version(Version(installed).base_version)
-        if not Version(low) <= release < Version(high):
-            problems.append(f'{package} {installed} is installed; mmtt supports {package}>={low},<{high}')
+        if not any(Version(low) <= release < Version(high) for low, high in ranges):
+            supported = ' or '.join(f'{package}>={low},<{high}' for low, high in ranges)
+            problems.append(f'{package} {installed} is installed; mmtt supports {supported}')
     return problems
 
 

