@@ -10,7 +10,7 @@ variants are timed after a warm-up (which compiles, in the compiled mode) in int
 ratios against the same case's unmodified model. Every eager case runs first, then the compiled
 ones, each model smallest first. A progress line per case goes to stderr. The run keeps to
 ``--max-minutes`` (8): a case is started only while the time spent plus the longest case so far of
-that model and mode (of any model, for its first) fits, and the others are listed under
+that model and mode (else of that mode, else of any) fits, and the others are listed under
 ``skipped`` with the reason. Writes ``benchmarks/results/gpu_<device>.json`` after every case and
 prints a table.
 """
@@ -229,11 +229,11 @@ def main(argv=None) -> dict:
     out = Path(args.json or REPO / 'benchmarks' / 'results' / f'gpu_{device_slug(device)}.json')
     out.parent.mkdir(parents=True, exist_ok=True)
     cases = plan(names, batches)
-    longest: Dict[tuple, float] = {}   # (model, mode) and mode -> the longest case so far
+    longest: Dict[object, float] = {}   # (model, mode), mode and None (any) -> the longest case so far
     current, nets = None, {}
     for i, (mode, name, dtype_name, batch) in enumerate(cases, 1):
         spent = time.perf_counter() - start
-        estimate = longest.get((name, mode), longest.get(mode, 0.0))
+        estimate = longest.get((name, mode)) or longest.get(mode) or longest.get(None, 0.0)
         head = f'[{i}/{len(cases)} {clock(spent)}] {name} {mode} {dtype_name} batch {batch}'
         if budget and spent + estimate > budget:
             reason = (f'the {args.max_minutes:g}-minute budget is spent' if spent >= budget else
@@ -256,7 +256,7 @@ def main(argv=None) -> dict:
             del models
         rows = measure_case(nets, input_shape(name, args.small), dtype_name, batch, mode, args, device)
         took = time.perf_counter() - t0
-        for key in ((name, mode), mode):
+        for key in ((name, mode), mode, None):
             longest[key] = max(longest.get(key, 0.0), took)
         entry = results['models'][name]
         entry['rows'] += rows

@@ -113,3 +113,62 @@ def test_a_fresh_process_reports_its_own_peak_memory_not_its_parents():
     parent = benchmark.peak_rss() / 2 ** 20
     child = benchmark.peak_memory_in_fresh_process(args, None)
     assert float(ballast[-1]) == 1.0 and 0 < child < parent - 500
+
+
+def load_render():
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location(
+        'render', Path(__file__).resolve().parents[1] / 'benchmarks' / 'render.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_compiled_run_records_compile_and_dtype_and_renders_beside_the_eager_one(tmp_path, monkeypatch):
+    # The eager backend traces with dynamo (guards, graphs) without generating code: seconds, not minutes.
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+    torch._dynamo.reset()
+    counters.clear()
+    out = tmp_path / 'compiled' / 'hosts_segmenter.json'
+    results = benchmark.main(['--model', 'vit_tiny_patch16_224', '--img-size', '64', '--methods', 'transform',
+                              '--batch', '2', '--warmup', '0', '--repeats', '1', '--threads', '1',
+                              '--compile', '--compile-backend', 'eager', '--dtype', 'bfloat16', '--json', str(out)])
+    # One graph per variant and batch size, traced in this process (peak memory: in others).
+    assert counters['stats']['unique_graphs'] >= 4, dict(counters['stats'])
+    torch._dynamo.reset()
+    assert [r['method'] for r in results] == ['unmodified', 'transform']
+    assert all(r['latency_ms'] > 0 and r['throughput'] > 0 and r['peak_mem_mb'] > 0 for r in results)
+    saved = json.loads(out.read_text())
+    assert saved['compile'] is True and saved['compile_mode'] == 'default' and saved['compile_backend'] == 'eager'
+    assert saved['dtype'] == 'bfloat16' and saved['provenance']['dtype'] == 'bfloat16'
+    # The renderer puts the compiled run beside an eager one of the same name.
+    eager = dict(saved, compile=False, results=[dict(r, latency_ratio=1.0) for r in saved['results']])
+    (tmp_path / 'hosts_segmenter.json').write_text(json.dumps(eager))
+    render = load_render()
+    monkeypatch.setattr(render, 'RESULTS', tmp_path)
+    text = render.RENDERERS['compiled:hosts'](tmp_path / 'page.md')
+    ratio = saved['results'][1]['latency_ratio']
+    assert f'| transform | {saved["results"][1]["latency_ms"]:.0f} / ' in text
+    assert f'| x1.00 / x{ratio:.2f} |' in text
+    assert 'benchmarks/results/compiled/hosts_segmenter.json' in text
+    assert '`benchmarks/hosts.sh dpt compile`, `benchmarks/hosts.sh dino compile`' in text
+
+
+BAD_SPEED_OPTIONS = [
+    (['--compile-mode', 'reduce-overhead'], '--compile-mode needs --compile'),
+    (['--compile-backend', 'eager'], '--compile-backend needs --compile'),
+    (['--compile', '--compile-backend', 'inductr'], "--compile-backend 'inductr': not a torch.compile backend"),
+    (['--compile', '--compile-mode', 'fastest'], "argument --compile-mode: invalid choice: 'fastest'"),
+    (['--compile', '--compile-backend', 'eager', '--compile-mode', 'max-autotune'], 'needs the inductor backend'),
+    (['--dtype', 'int8'], "argument --dtype: invalid choice: 'int8'"),
+]
+
+
+@pytest.mark.parametrize('argv,needle', BAD_SPEED_OPTIONS)
+def test_bad_compile_and_dtype_options_are_one_line(argv, needle, capsys):
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(['--model', 'vit_tiny_patch16_224', *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert 'error:' in err[-1] and needle in err[-1] and sum('error' in line for line in err) == 1

@@ -223,3 +223,34 @@ def test_ours_defaults_to_the_token_transforming_variants_and_names_a_bad_label(
     assert args.ours == ['tt', 'mixed']
     with pytest.raises(SystemExit):
         parse_args(['--images', '.', '--variants', 'tt=method:transform', '--ours', 'tt', 'tm'])
+
+
+def test_compiled_sweep_times_every_point_compiled_and_records_it(photos, tmp_path):
+    # The eager backend traces with dynamo without generating code. Patching the one model in
+    # place must switch between the points' graphs: each compiled output equals its eager one.
+    out_json = tmp_path / 'pareto.json'
+    done = run(ROOT / 'tools' / 'pareto.py', '--images', photos, '--limit', 2, '--size', 112,
+               '--variants', 'tt=method:transform', 'tome=method:tome', '--keep-ratios', 0.9, 0.6,
+               '--layers', 2, 5, '--batch', 2, '--warmup', 0, '--repeats', 1, '--threads', 1,
+               '--compile', '--compile-backend', 'eager', '--dtype', 'bfloat16',
+               '--out-json', out_json, '--out-png', tmp_path / 'pareto.png')
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(out_json.read_text())
+    assert result['compile'] is True and result['compile_backend'] == 'eager' and result['dtype'] == 'bfloat16'
+    assert 'bfloat16, compiled' in done.stdout
+    assert len(result['points']) == 5
+    for p in result['points']:
+        assert p['compile_max_abs_diff'] == 0.0, (p['label'], p['keep_ratio'])
+        assert p['speedup_b1'] > 0 and p['speedup_batch'] > 0
+
+
+@pytest.mark.parametrize('argv,needle', [
+    (['--compile-mode', 'reduce-overhead'], '--compile-mode needs --compile'),
+    (['--compile', '--compile-backend', 'inductr'], "--compile-backend 'inductr': not a torch.compile backend"),
+    (['--compile', '--compile-mode', 'fastest'], "argument --compile-mode: invalid choice: 'fastest'"),
+])
+def test_bad_compile_options_are_one_line(argv, needle, capsys):
+    with pytest.raises(SystemExit):
+        parse_args(['--images', '.', *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert 'error:' in err[-1] and needle in err[-1] and sum('error' in line for line in err) == 1

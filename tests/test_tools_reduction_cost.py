@@ -58,3 +58,39 @@ def test_bad_arguments_are_named(argv, needle, capsys):
     with pytest.raises(SystemExit):
         reduction_cost.parse_args(['--images', '.', *argv])
     assert needle in capsys.readouterr().err
+
+
+def test_compiled_steps_are_timed_and_recorded(photo_folder, tmp_path):
+    # The eager backend traces every step with dynamo without generating code.
+    import json
+
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+    torch._dynamo.reset()
+    counters.clear()
+    out = tmp_path / 'cost.json'
+    results = reduction_cost.main(['--images', str(photo_folder), '--size', '112', '--keep-ratios', '0.9', '0.7',
+                                   '--dtypes', 'float32', 'bfloat16', '--repeats', '1', '--warmup', '0',
+                                   '--score-strides', '2', '--top-k', '2', '--compile', '--compile-backend',
+                                   'eager', '--json', str(out)])
+    steps = len(results['float32 keep 0.7'])
+    # Every step at each dtype and keep ratio is its own graph, none run eagerly past a limit.
+    assert counters['stats']['unique_graphs'] >= steps, dict(counters['stats'])
+    torch._dynamo.reset()
+    assert len(results) == 4 and all(t >= 0 for ms in results.values() for t in ms.values())
+    saved = json.loads(out.read_text())
+    assert saved['compile'] is True and saved['compile_backend'] == 'eager'
+    assert saved['dtypes'] == ['float32', 'bfloat16']
+
+
+@pytest.mark.parametrize('argv,needle', [
+    (['--compile-mode', 'reduce-overhead'], '--compile-mode needs --compile'),
+    (['--compile', '--compile-backend', 'inductr'], "--compile-backend 'inductr': not a torch.compile backend"),
+    (['--compile', '--compile-mode', 'fastest'], "argument --compile-mode: invalid choice: 'fastest'"),
+    (['--dtypes', 'float64'], "argument --dtypes: invalid choice: 'float64'"),
+])
+def test_bad_compile_and_dtype_options_are_one_line(argv, needle, capsys):
+    with pytest.raises(SystemExit):
+        reduction_cost.parse_args(['--images', '.', *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert 'error:' in err[-1] and needle in err[-1] and sum('error' in line for line in err) == 1
