@@ -147,7 +147,8 @@ class _CapturingAttention:
         if capture.scores == ONE_HEAD_CLS:
             q, k = self.q_proj(hidden_states[:, :1]), self.k_proj(hidden_states)
             logits = (q @ k.transpose(1, 2))[:, 0] * c ** -0.5
-            return None, None, Captured(logits.float().softmax(dim=-1)[:, 1:].to(k.dtype), k)
+            work = torch.promote_types(logits.dtype, torch.float32)
+            return None, None, Captured(logits.to(work).softmax(dim=-1)[:, 1:].to(k.dtype), k)
         q, k, v = (proj(hidden_states).view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
                    for proj in (self.q_proj, self.k_proj, self.v_proj))
         out, captured = attend(q, k, v, attention_mask, capture,
