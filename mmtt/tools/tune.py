@@ -304,8 +304,10 @@ def print_table(entries: List[dict], metric: str, chosen: Optional[dict]) -> Non
               + (f": {e['reason']}" if 'reason' in e else ''))
 
 
-def plot(entries: List[dict], path: Path, metric: str, chosen: Optional[dict], title: str) -> None:
-    """Agreement against speed-up and against GFLOPs: one curve per family, the front, the choice."""
+def plot(entries: List[dict], path: Path, metric: str, chosen: Optional[dict], title: str,
+         args: argparse.Namespace) -> None:
+    """Agreement against speed-up and against GFLOPs: one curve per family, the front, the
+    target, the choice."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -327,6 +329,10 @@ def plot(entries: List[dict], path: Path, metric: str, chosen: Optional[dict], t
         ax.plot([entries[0][key]], [1.0], 'k*', ms=10, label=UNMODIFIED)
         if chosen is not None:
             ax.plot([chosen[key]], [chosen['agreement']], 'rs', ms=10, mfc='none', label='chosen')
+        if args.target_agreement is not None:
+            ax.axhline(args.target_agreement, color='r', lw=0.8, ls=':', label='target')
+        elif key == 'speedup':
+            ax.axvline(args.target_speedup, color='r', lw=0.8, ls=':', label='target')
         ax.set_xlabel(xlabel)
         ax.set_ylabel(f'{metric} against the unmodified model')
         ax.grid(alpha=0.3)
@@ -373,7 +379,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                   points=[{k: v for k, v in e.items() if k != 'family'} for e in entries],
                   front=[e['label'] for e in front], chosen=chosen['label'] if chosen else None, why=why)
     png = out / 'tune.png'
-    plot(entries, png, metric, chosen, f'{subject.name}, {len(paths)} images; {setting}')
+    plot(entries, png, metric, chosen, f'{subject.name}, {len(paths)} images; {setting}', args)
     if chosen is not None:
         target = (f'--target-speedup {args.target_speedup:g}' if args.target_speedup is not None
                   else f'--target-agreement {args.target_agreement:g}')

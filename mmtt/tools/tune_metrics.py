@@ -91,7 +91,7 @@ def _average_precision(matched: Tensor, scores: Tensor, num_gt: int) -> float:
     precision = tp / (tp + fp).clamp_min(1e-12)
     # The precision envelope: the best precision at this recall or any higher one.
     precision = precision.flip(0).cummax(0).values.flip(0)
-    points = torch.linspace(0, 1, 101, dtype=torch.float64)
+    points = torch.arange(101, dtype=torch.float64) / 100   # 0.5 exactly, as recall 1/2 is
     index = torch.searchsorted(recall, points, side='left')
     found = index < len(recall)
     return float(precision[index[found]].sum() / 101)
