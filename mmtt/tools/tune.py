@@ -60,6 +60,14 @@ VARIANTS = tuple(PRESETS) + tuple(m for m in METHODS if m != 'transform')
 TIMING_SHARE = 0.5
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's exit code 2 for a bad option, told in one line (``PROG: error: MESSAGE``, the
+    form of :func:`mmtt.tools._cli.exits_on_user_error`) instead of the usage and the line."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f'{self.prog}: error: {message}\n')
+
+
 def parse_layers(text: str) -> tuple:
     try:
         layers = tuple(int(t) for t in text.split('-'))
@@ -71,7 +79,7 @@ def parse_layers(text: str) -> tuple:
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('config', nargs='?', help='OpenMMLab config over an mmtt backbone')
     parser.add_argument('checkpoint_file', nargs='?', metavar='CHECKPOINT', help="the config's checkpoint")
     parser.add_argument('--timm-model', help='a timm ViT name (with --checkpoint)')
