@@ -89,6 +89,7 @@ if __name__ == '__main__':
             'mmtt-update-metafile = mmtt.tools.update_metafile:main',
             'mmtt-convert-dpt-checkpoint = mmtt.tools.convert_dpt_checkpoint:main',
             'mmtt-llava-tokens = mmtt.tools.llava_tokens:main',
+            'mmtt-tune = mmtt.tools.tune:main',
         ]},
         cmdclass={'build_py': BuildWithMimHook},
         license='Apache-2.0',

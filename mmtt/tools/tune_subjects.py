@@ -117,7 +117,9 @@ class Subject:
         """Predictions on every image, on the CPU."""
         raise NotImplementedError
 
-    def agreement(self, preds: list, refs: list) -> Dict[str, float]:
+    def agreement(self, preds: list, refs: list, score_thr: float = 0.3) -> Dict[str, float]:
+        """Agreement of ``preds`` with the unmodified ``refs`` (:mod:`mmtt.tools.tune_metrics`);
+        ``score_thr``: detection's pseudo ground-truth confidence."""
         raise NotImplementedError
 
     def gflops(self, model: nn.Module) -> float:
