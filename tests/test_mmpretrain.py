@@ -18,6 +18,7 @@ from tiny_cls import (
     write_tiny_imagenet,
 )
 
+from mmtt.functional import size_bias
 from mmtt.models.backbones.mmpretrain_vit import TokenMultiheadAttention
 from mmtt.modules.host import TokenState
 
@@ -159,7 +160,8 @@ def test_t2t_reduced_layers_reproduce_mmpretrain_attention(tmp_path):
     x = torch.randn(2, 17, 32)
     with torch.no_grad():
         host = super(TokenMultiheadAttention, attn).forward(x)
-        torch.testing.assert_close(attn(x, sizes=torch.ones(2, 17)), host, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(attn(x, attn_mask=size_bias(torch.ones(2, 17), x.dtype)), host,
+                                   rtol=1e-5, atol=1e-5)
 
 
 def test_threads_share_a_reduced_model(tmp_path):

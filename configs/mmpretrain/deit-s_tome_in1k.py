@@ -2,4 +2,4 @@
 # schedule of deit-s_tt_in1k.py, for side-by-side runs.
 _base_ = ['./deit-s_tt_in1k.py']
 
-model = dict(backbone=dict(token_transform=dict(method='tome')))
+model = dict(backbone=dict(token_transform=dict(method='tome'), metric='keys'))

@@ -32,12 +32,13 @@ from ..modules import TokenRecovery, TokenTransform
 from ..modules.host import (
     BlockSettings,
     Capture,
-    TokenState,
     attend,
     config_reduction,
+    layer_transforms,
     reduce_tokens,
     reduces,
 )
+from ..modules.state import TokenState
 
 __all__ = ['PSViT', 'progressive_sample', 'ps_vit_b_14', 'ps_vit_ti_14', 'convert_to_mmpretrain']
 
@@ -127,13 +128,13 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(drop)
 
-    def forward(self, x: Tensor, sizes: Optional[Tensor] = None,
+    def forward(self, x: Tensor, attn_mask: Optional[Tensor] = None,
                 capture: Optional[Capture] = None):
-        """x: ``[B, N, C]``; sizes: ``[B, N]`` or None. Returns ``[B, N, C]``, or with a
-        ``capture`` ``([B, N, C], Captured)``."""
+        """x: ``[B, N, C]``; attn_mask: the additive size bias or None. Returns ``[B, N, C]``,
+        or with a ``capture`` ``([B, N, C], Captured)``."""
         b, n, c = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
-        out, captured = attend(q, k, v, size_bias(sizes, q.dtype), capture or Capture(),
+        out, captured = attend(q, k, v, attn_mask, capture or Capture(),
                                dropout_p=self.attn_drop if self.training else 0.0, scale=self.scale)
         out = self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, n, c)))
         return out if capture is None else (out, captured)
@@ -170,14 +171,15 @@ class EncoderLayer(nn.Module):
 
     def forward(self, x: Tensor, state: TokenState = TokenState()) -> Tuple[Tensor, TokenState]:
         transform, settings = self.token_transform, self._mmtt
+        bias = size_bias(state.sizes, x.dtype)
         if reduces(transform, x.shape[1] - settings.num_prefix):
-            attended, captured = self.attn(self.norm1(x), state.sizes,
+            attended, captured = self.attn(self.norm1(x), bias,
                                            Capture.of(transform, keys=settings.keys))
             x = x + self.drop_path(attended)
             x, state = reduce_tokens(x, state, transform, settings.recovery, settings.num_prefix,
                                      captured)
         else:
-            x = x + self.drop_path(self.attn(self.norm1(x), state.sizes))
+            x = x + self.drop_path(self.attn(self.norm1(x), bias))
         return x + self.drop_path(self.mlp(self.norm2(x))), state
 
 
@@ -299,8 +301,9 @@ class PSViT(nn.Module):
         self.token_recovery: Optional[TokenRecovery] = recovery
         self.reduce_layers = reduce_layers
         settings = BlockSettings(1, recovery, keys)
-        for i, layer in enumerate(self.trans_layers):
-            layer.token_transform = self.token_transform if i in reduce_layers else None
+        for layer, layer_transform in zip(self.trans_layers,
+                                          layer_transforms(self.token_transform, reduce_layers, depth)):
+            layer.token_transform = layer_transform
             layer._mmtt = settings
 
     def forward_features(self, x: Tensor) -> Tensor:

@@ -146,10 +146,13 @@ def swap_class(module: nn.Module, cls: type, **attrs: Any) -> None:
         setattr(module, name, value)
 
 
-def record_parent(module: nn.Module, parent: type, added: Sequence[str]) -> None:
-    """Record, for a backbone built as an mmtt class, the host class it extends and the
-    attributes it adds, so :func:`remove_patch` turns it into the host's own backbone."""
-    module._mmtt_parent = parent
+def record_parent(module: nn.Module, added: Sequence[str], has_host: bool = True) -> None:
+    """Record, for a backbone built as an mmtt class, the host class it extends (the first
+    class of its MRO outside mmtt) and the attributes it adds, so :func:`remove_patch` turns
+    it into the host's own backbone; ``has_host=False`` for a model with no host class to
+    return to (DPT's hybrid backbone), which :func:`remove_patch` refuses."""
+    parent = next(c for c in type(module).__mro__ if not c.__module__.startswith('mmtt.'))
+    module._mmtt_parent = parent if has_host else None
     module._mmtt_added = tuple(added)
 
 
@@ -158,6 +161,10 @@ def remove_patch(model: nn.Module) -> nn.Module:
     ``apply_patch`` or an mmtt backbone built from a config): each swapped module gets its
     class back and loses what mmtt added, so the model computes exactly what the host's does.
     A model without a patch is returned unchanged."""
+    for module in model.modules():
+        if '_mmtt_parent' in module.__dict__ and module._mmtt_parent is None:
+            raise ValueError(f'{type(module).__name__} is a model of mmtt with no host class to '
+                             'return to; build it with reduce_layers=[] for the unreduced model')
     for module in list(model.modules()):
         parent = module.__dict__.pop('_mmtt_parent', None)
         if parent is None:

@@ -273,6 +273,8 @@ class TokenTransform(nn.Module):
         """
         check_tensor('x', x, 3)
         check_floating('x', x)
+        if torch.onnx.is_in_onnx_export():
+            self._check_exportable()
         # The batch stays x.shape[0], not a Python int: a trace (ONNX export) records it as
         # dynamic. The token count is a Python int: it fixes the reduction's shapes.
         batch, n = x.shape[0], int(x.shape[1])
@@ -320,6 +322,16 @@ class TokenTransform(nn.Module):
         prefix_sizes = matrix.sizes.new_ones(batch, num_prefix)
         return Reduction(torch.cat([x[:, :num_prefix], reduced], dim=1),
                          torch.cat([prefix_sizes, matrix.sizes], dim=1), matrix)
+
+    def _check_exportable(self) -> None:
+        # torch's TopK and ONNX Runtime's break ties differently; these settings create ties
+        # (a column gated out entirely has M equal shares; 'mixed' sums two integer ranks), so
+        # the exported model would compute other values than this one.
+        tied = ('top_k with orphans=\'spread\'' if self.top_k is not None and self.orphans == 'spread'
+                else "selection='mixed'" if self.selection == 'mixed' else None)
+        if tied is not None:
+            raise ValueError(f'ONNX export refused: {tied} ranks tied values, which ONNX Runtime orders '
+                             "unlike torch; export with orphans='nearest' and selection='informative'")
 
     def extra_repr(self) -> str:
         text = (f'keep_ratio={self.keep_ratio}, method={self.method!r}, kappa={self.kappa}, '

@@ -37,7 +37,9 @@ from ..modules.host import (
     patch_settings,
     reduce_tokens,
     reduces,
+    swap_class,
 )
+from ..modules.host import remove_patch as host_remove_patch
 
 with warnings.catch_warnings():
     warnings.simplefilter('ignore', FutureWarning)   # tlt's imports of timm's old paths
@@ -55,19 +57,20 @@ SCHEDULES: Dict[str, dict] = {
 
 
 class TokenLVAttention(Attention):
-    """tlt's ``Attention``; with ``sizes``, a ``capture`` or ``_mmtt_fused`` it restates its
-    forward (same projections, ``self.scale``) around :func:`mmtt.modules.host.attend`."""
+    """tlt's ``Attention``; with an ``attn_mask`` (the size bias), a ``capture`` or
+    ``_mmtt_fused`` it restates its forward (same projections, ``self.scale``) around
+    :func:`mmtt.modules.host.attend`."""
     _mmtt_fused: bool = False
 
     def forward(self, x: Tensor, padding_mask: Optional[Tensor] = None,
-                sizes: Optional[Tensor] = None, capture: Optional[Capture] = None):
-        if sizes is None and capture is None and not self._mmtt_fused:
+                attn_mask: Optional[Tensor] = None, capture: Optional[Capture] = None):
+        if attn_mask is None and capture is None and not self._mmtt_fused:
             return super().forward(x, padding_mask)
         if padding_mask is not None:
             raise ValueError('padding_mask is not supported with token reduction')
         b, n, _ = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        out, captured = attend(q, k, v, size_bias(sizes, q.dtype), capture or Capture(),
+        out, captured = attend(q, k, v, attn_mask, capture or Capture(),
                                dropout_p=self.attn_drop.p if self.training else 0.0,
                                scale=self.scale)
         out = self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, n, self.head_dim * self.num_heads)))
@@ -87,11 +90,12 @@ class TokenLVBlock(Block):
         if state.sizes is None and not reducing:
             return super().forward(x, padding_mask), state
         # tlt's Block.forward, with the size bias and the reduction between attention and MLP.
+        bias = size_bias(state.sizes, x.dtype)
         if reducing:
-            attended, captured = self.attn(self.norm1(x), padding_mask, sizes=state.sizes,
+            attended, captured = self.attn(self.norm1(x), padding_mask, attn_mask=bias,
                                            capture=Capture.of(transform, keys=settings.keys))
         else:
-            attended = self.attn(self.norm1(x), padding_mask, sizes=state.sizes)
+            attended = self.attn(self.norm1(x), padding_mask, attn_mask=bias)
         x = x + self.drop_path(attended) / self.skip_lam
         if reducing:
             x, state = reduce_tokens(x, state, transform, settings.recovery, settings.num_prefix,
@@ -122,7 +126,7 @@ def apply_patch(model: LV_ViT, method: Optional[str] = None, keep_ratio: float =
                 reduce_layers: Sequence[int] = (4, 7, 10), kappa: Optional[float] = None, tau: Optional[float] = None,
                 recover: Union[bool, str] = False, metric: Optional[str] = None,
                 preset: Optional[str] = None, schedule: Optional[str] = None,
-                **transform_kwargs) -> LV_ViT:
+                layers: Optional[Sequence[int]] = None, **transform_kwargs) -> LV_ViT:
     """Insert token reduction into a tlt LV-ViT (``lvvit_s``, ``lvvit_m``...), in place.
 
     Arguments as :func:`mmtt.patch.timm.apply_patch` (``schedule`` from :data:`SCHEDULES`). Blocks
@@ -133,29 +137,19 @@ def apply_patch(model: LV_ViT, method: Optional[str] = None, keep_ratio: float =
     patch = patch_settings(SCHEDULES, depth, f'a model with {depth} blocks', method=method,
                            keep_ratio=keep_ratio, reduce_layers=reduce_layers, kappa=kappa, tau=tau,
                            metric=metric, preset=preset, schedule=schedule, recover=recover,
-                           transform_kwargs=transform_kwargs)
+                           layers=layers, transform_kwargs=transform_kwargs)
     block_settings = BlockSettings(1, patch.recovery, patch.keys)
-    fused = bool(patch.reduce_layers) and patch.transform['keep_ratio'] < 1
-    for i, block in enumerate(model.blocks):
-        block.__class__ = TokenLVBlock
-        block.token_transform = patch.transform_for(i, depth)
-        block._mmtt = block_settings
-        block.attn.__class__ = TokenLVAttention
-        block.attn._mmtt_fused = fused
-    model.__class__ = TokenLV_ViT
-    model._mmtt_recover = bool(recover)
-    model.token_recovery = patch.recovery
+    transforms = patch.layer_transforms(depth)
+    # SDPA in every block of a reducing model (tlt's attention materialises the map).
+    fused = any(t is not None for t in transforms)
+    for block, transform in zip(model.blocks, transforms):
+        swap_class(block, TokenLVBlock, token_transform=transform, _mmtt=block_settings)
+        swap_class(block.attn, TokenLVAttention, _mmtt_fused=fused)
+    swap_class(model, TokenLV_ViT, _mmtt_recover=bool(recover), token_recovery=patch.recovery)
     return model
 
 
 def remove_patch(model: LV_ViT) -> LV_ViT:
-    """Undo :func:`apply_patch`, in place; the model is then exactly tlt's again."""
-    if not isinstance(model, TokenLV_ViT):
-        return model
-    for block in model.blocks:
-        del block.token_transform, block._mmtt, block.attn._mmtt_fused
-        block.attn.__class__ = Attention
-        block.__class__ = Block
-    model.__class__ = LV_ViT
-    del model._mmtt_recover, model.token_recovery
-    return model
+    """Undo :func:`apply_patch`, in place; the model is then exactly tlt's again
+    (:func:`mmtt.remove_patch`, which undoes any host's patch)."""
+    return host_remove_patch(model)

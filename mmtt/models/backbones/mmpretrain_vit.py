@@ -57,14 +57,17 @@ from ...modules import TokenRecovery, TokenTransform
 from ...modules.host import (
     BlockSettings,
     Capture,
-    TokenState,
     attend,
     check_recovery,
     config_reduction,
+    layer_transforms,
+    record_parent,
     reduce_tokens,
     reduces,
+    swap_class,
     weighted_mean,
 )
+from ...modules.state import TokenState
 
 
 def logit_scale(attn: MultiheadAttention) -> float:
@@ -85,7 +88,7 @@ class TokenMultiheadAttention(MultiheadAttention):
     """mmpretrain ``MultiheadAttention`` that applies the size bias (eq. 7) and can return
     scores.
 
-    ``forward(x)`` is mmpretrain's. With ``sizes`` (``[B, N]`` of the current tokens), a
+    ``forward(x)`` is mmpretrain's. With ``attn_mask`` (the additive size bias), a
     ``capture`` (a :class:`~mmtt.modules.host.Capture`; it then returns ``(out, Captured)``)
     or in a backbone with a reduction configured (``_mmtt_fused``), it restates mmpretrain's
     forward (same projections, layer scale, drop path, value shortcut) around
@@ -96,13 +99,13 @@ class TokenMultiheadAttention(MultiheadAttention):
     _mmtt_fused: bool = False   # SDPA even before the first reduction
     _mmtt_scale: float          # logit_scale(self), fixed when the backbone is built
 
-    def forward(self, x: Tensor, sizes: Optional[Tensor] = None,
+    def forward(self, x: Tensor, attn_mask: Optional[Tensor] = None,
                 capture: Optional[Capture] = None):
-        if sizes is None and capture is None and not self._mmtt_fused:
+        if attn_mask is None and capture is None and not self._mmtt_fused:
             return super().forward(x)
         b, n, _ = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dims).permute(2, 0, 3, 1, 4)
-        out, captured = attend(q, k, v, size_bias(sizes, q.dtype), capture or Capture(),
+        out, captured = attend(q, k, v, attn_mask, capture or Capture(),
                                dropout_p=self.attn_drop if self.training else 0.0,
                                scale=self._mmtt_scale)
         out = self.proj(out.transpose(1, 2).reshape(b, n, self.embed_dims))
@@ -126,14 +129,15 @@ class TokenEncoderLayerMixin:
             return super().forward(x), state
         # The host layer's forward, with the size bias and the reduction inserted.
         residual = not getattr(self, 'v_shortcut', False)   # T2T's first layers: no residual
+        bias = size_bias(state.sizes, x.dtype)
         if reducing:
-            attended, captured = self.attn(self.ln1(x), sizes=state.sizes,
+            attended, captured = self.attn(self.ln1(x), attn_mask=bias,
                                            capture=Capture.of(transform, keys=settings.keys))
             x = x + attended if residual else attended
             x, state = reduce_tokens(x, state, transform, settings.recovery, settings.num_prefix,
                                      captured)
         else:
-            attended = self.attn(self.ln1(x), sizes=state.sizes)
+            attended = self.attn(self.ln1(x), attn_mask=bias)
             x = x + attended if residual else attended
         return self.ffn(self.ln2(x), identity=x), state
 
@@ -173,14 +177,13 @@ class TokenBackboneMixin:
         self.token_transform = transform
         self.token_recovery = recovery
         self.reduce_layers = reduce_layers
+        record_parent(self, ('token_transform', 'token_recovery', 'reduce_layers'))
         settings = BlockSettings(num_prefix, recovery, keys)
         # mmpretrain builds its layers itself; swapping their classes keeps every parameter.
-        for i, layer in enumerate(layers):
-            layer.__class__ = self._layer_class
-            layer.attn.__class__ = TokenMultiheadAttention
-            layer.attn._mmtt_scale = logit_scale(layer.attn)
-            layer.token_transform = transform if i in reduce_layers else None
-            layer._mmtt = settings
+        for layer, layer_transform in zip(layers, layer_transforms(transform, reduce_layers, len(layers))):
+            swap_class(layer, self._layer_class, token_transform=layer_transform, _mmtt=settings)
+            swap_class(layer.attn, TokenMultiheadAttention, _mmtt_scale=logit_scale(layer.attn),
+                       _mmtt_fused=False)
         self.use_fused_attention(transform is not None and transform.keep_ratio < 1)
 
     def use_fused_attention(self, enabled: bool = True) -> None:

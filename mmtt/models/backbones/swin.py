@@ -38,7 +38,8 @@ not one. :class:`TokenSwinTransformer` therefore reduces *each window to a small
 Config keys: ``token_transform`` (a ``TokenTransform``: kappa, tau, similarity, orphans,
 ``selection`` 'informative' or 'uniform'; ``keep_ratio`` is derived from the grid if left
 out), ``reduce_layers`` (global 0-based block indices; ``[]`` is the unmodified host),
-``reduced_window_size`` and ``token_recovery``. Parameters and state-dict keys are mmdet's.
+``reduced_window_size``, ``token_recovery`` and ``metric`` (None or ``'hidden'``: windows compare hidden states).
+Parameters and state-dict keys are mmdet's.
 """
 from typing import List, Optional, Sequence, Tuple
 
@@ -62,7 +63,7 @@ from ...functional.windows import (
     window_reverse,
 )
 from ...modules import TokenTransform
-from ...modules.host import Capture, attend, check_recovery, check_reduce_layers
+from ...modules.host import Capture, attend, check_recovery, check_reduce_layers, record_parent, swap_class
 from ...modules.methods import WINDOW_METHODS
 from ...modules.presets import PRESETS
 from ...modules.window_transform import WindowGrid, WindowTokenTransform, pad_to
@@ -193,7 +194,10 @@ class TokenSwinTransformer(SwinTransformer):
 
     def __init__(self, token_transform: Optional[dict] = None, reduce_layers: Sequence[int] = (),
                  reduced_window_size: Optional[int] = None, token_recovery: Optional[dict] = None,
-                 **kwargs) -> None:
+                 metric: Optional[str] = None, **kwargs) -> None:
+        if metric not in (None, 'hidden'):
+            raise ValueError(f"metric={metric!r}: Swin's window reductions compare hidden states "
+                             "only; leave metric out or give 'hidden'")
         super().__init__(**kwargs)
         window = self.stages[0].blocks[0].attn.window_size
         stage_of = [i for i, stage in enumerate(self.stages) for _ in stage.blocks]
@@ -209,16 +213,17 @@ class TokenSwinTransformer(SwinTransformer):
             recovery = MODELS.build(token_recovery)
         self.token_transform, self.token_recovery = transform, recovery
         self.reduce_layers, self.reduced_window_size = tuple(reduce_layers), reduced_window_size
+        record_parent(self, ('token_transform', 'token_recovery', 'reduce_layers',
+                             'reduced_window_size'))
         # mmdet builds its stages itself; swapping their classes keeps every parameter as is.
         blocks = [block for stage in self.stages for block in stage.blocks]
         for stage in self.stages:
-            stage.__class__ = TokenSwinBlockSequence
+            swap_class(stage, TokenSwinBlockSequence)
         for i, block in enumerate(blocks):
-            block.__class__ = TokenSwinBlock
-            block.attn.__class__ = TokenShiftWindowMSA
-            block.window_transform = (WindowTokenTransform(transform, recovery, window,
-                                                         reduced_window_size)
-                                    if i in reduce_layers else None)
+            swap_class(block, TokenSwinBlock, window_transform=(
+                WindowTokenTransform(transform, recovery, window, reduced_window_size)
+                if i in reduce_layers else None))
+            swap_class(block.attn, TokenShiftWindowMSA)
 
     @staticmethod
     def _check_layers(reduce_layers: Sequence[int], stage_of: List[int]) -> Tuple[int, ...]:

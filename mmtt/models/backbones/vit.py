@@ -25,14 +25,16 @@ from ...modules import TokenTransform
 from ...modules.host import (
     BlockSettings,
     Capture,
-    TokenState,
     attend,
     check_recovery,
-    check_reduce_layers,
+    config_reduction,
+    layer_transforms,
+    record_parent,
     reduce_tokens,
     reduces,
+    swap_class,
 )
-from ...patch._build import build_module
+from ...modules.state import TokenState
 
 
 class TokenMultiheadAttention(MultiheadAttention):
@@ -46,14 +48,15 @@ class TokenMultiheadAttention(MultiheadAttention):
     than SDPA. With no reduction configured it is mmcv's module unchanged, so outputs equal
     mmseg's exactly.
 
-    ``forward(query, identity, sizes=None, capture=None)``: ``sizes`` ``[B, N]`` of the
-    current tokens; with a :class:`~mmtt.modules.host.Capture` it returns ``(out, Captured)``.
+    ``forward(query, identity, attn_mask=None, capture=None)``: ``attn_mask`` the additive size
+    bias of the current tokens; with a :class:`~mmtt.modules.host.Capture` it returns
+    ``(out, Captured)``.
     """
     _mmtt_fused: bool = False   # SDPA even before the first reduction
 
     def forward(self, query: Tensor, identity: Optional[Tensor] = None,
-                sizes: Optional[Tensor] = None, capture: Optional[Capture] = None, **kwargs):
-        if sizes is None and capture is None and not self._mmtt_fused:
+                attn_mask: Optional[Tensor] = None, capture: Optional[Capture] = None, **kwargs):
+        if attn_mask is None and capture is None and not self._mmtt_fused:
             return super().forward(query, identity=identity, **kwargs)
         if kwargs.get('key') is not None or not self.batch_first:
             raise ValueError('TokenMultiheadAttention supports batch-first self-attention only')
@@ -62,7 +65,7 @@ class TokenMultiheadAttention(MultiheadAttention):
         heads = mha.num_heads
         q, k, v = F.linear(query, mha.in_proj_weight, mha.in_proj_bias).reshape(
             b, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
-        out, captured = attend(q, k, v, size_bias(sizes, q.dtype), capture or Capture(),
+        out, captured = attend(q, k, v, attn_mask, capture or Capture(),
                                dropout_p=mha.dropout if self.training else 0.0)
         out = mha.out_proj(out.transpose(1, 2).reshape(b, n, c))
         out = (query if identity is None else identity) + self.dropout_layer(self.proj_drop(out))
@@ -85,13 +88,14 @@ class TokenEncoderLayer(TransformerEncoderLayer):
 
         def inner_forward(x: Tensor, state: TokenState) -> Tuple[Tensor, TokenState]:
             # mmseg's _inner_forward, with the size bias and the reduction inserted.
+            bias = size_bias(state.sizes, x.dtype)
             if reducing:
-                x, captured = self.attn(self.norm1(x), identity=x, sizes=state.sizes,
-                                        capture=Capture.of(transform))
+                x, captured = self.attn(self.norm1(x), identity=x, attn_mask=bias,
+                                        capture=Capture.of(transform, keys=settings.keys))
                 x, state = reduce_tokens(x, state, transform, settings.recovery,
                                          settings.num_prefix, captured)
             else:
-                x = self.attn(self.norm1(x), identity=x, sizes=state.sizes)
+                x = self.attn(self.norm1(x), identity=x, attn_mask=bias)
             return self.ffn(self.norm2(x), identity=x), state
 
         if self.with_cp and x.requires_grad:
@@ -110,19 +114,20 @@ class TokenVisionTransformer(VisionTransformer):
         reduce_layers: 0-based indices of the layers after whose attention tokens are reduced.
         token_recovery: config of a ``TokenRecovery``; needed when an ``out_indices`` layer
             comes at or after the first reduction.
+        metric: features compared for similarity: ``'hidden'`` (the layer's hidden states,
+            the paper's) or ``'keys'`` (head-averaged keys, ToMe's); None: the method's entry in
+            :data:`mmtt.modules.METHOD_SPECS` (keys for ToMe and PiToMe), as on every host.
         **kwargs: mmseg ``VisionTransformer`` arguments, unchanged.
     """
+    _mmtt_has_host = True   # mmtt.remove_patch returns mmseg's VisionTransformer
 
     def __init__(self, token_transform: Optional[dict] = None, reduce_layers: Sequence[int] = (),
-                 token_recovery: Optional[dict] = None, **kwargs) -> None:
+                 token_recovery: Optional[dict] = None, metric: Optional[str] = None,
+                 **kwargs) -> None:
         super().__init__(**kwargs)
         depth = len(self.layers)
-        reduce_layers = check_reduce_layers('reduce_layers', reduce_layers, depth,
-                                            f'num_layers={depth}')
-        if reduce_layers and token_transform is None:
-            raise ValueError('reduce_layers is set but token_transform is None')
-        # Built even when no layer reduces, so a bad setting fails here and not in a later run.
-        transform = build_module('token_transform', token_transform)
+        reduce_layers, transform, recovery, keys = config_reduction(
+            token_transform, reduce_layers, token_recovery, metric, depth, f'num_layers={depth}')
         if not reduce_layers:
             transform = None
         late_outputs = [i for i in self.out_indices if reduce_layers and i >= reduce_layers[0]]
@@ -131,17 +136,15 @@ class TokenVisionTransformer(VisionTransformer):
                        f'reduce_layers={list(reduce_layers)}, and the decode head needs the full '
                        'token grid')
         self.token_transform = transform
-        self.token_recovery = build_module('token_recovery', token_recovery)
+        self.token_recovery = recovery
         self.reduce_layers = reduce_layers
-        settings = BlockSettings(int(self.with_cls_token), self.token_recovery)
+        record_parent(self, ('token_transform', 'token_recovery', 'reduce_layers'),
+                      has_host=self._mmtt_has_host)
+        settings = BlockSettings(int(self.with_cls_token), recovery, keys)
         # mmseg builds its layers itself; swapping their classes keeps every parameter as is.
-        for i, layer in enumerate(self.layers):
-            layer.__class__ = TokenEncoderLayer
-            layer.attn.__class__ = TokenMultiheadAttention
-            # for_layer: the method's per-block schedule (PiToMe's), else the shared module.
-            layer.token_transform = (transform.for_layer(i, depth) if i in reduce_layers
-                                     else None)
-            layer._mmtt = settings
+        for layer, layer_transform in zip(self.layers, layer_transforms(transform, reduce_layers, depth)):
+            swap_class(layer, TokenEncoderLayer, token_transform=layer_transform, _mmtt=settings)
+            swap_class(layer.attn, TokenMultiheadAttention, _mmtt_fused=False)
         self.use_fused_attention(transform is not None and transform.keep_ratio < 1)
 
     def use_fused_attention(self, enabled: bool = True) -> None:

@@ -99,6 +99,8 @@ class TokenHybridVisionTransformer(TokenVisionTransformer):
     W / 2^(s+2)]``, then per ViT output ``[grid [B, C, H / 16, W / 16], cls [B, C]]``.
     """
 
+    _mmtt_has_host = False   # the hybrid is mmtt's own: no mmseg class to return to
+
     def __init__(self, resnet_layers: Sequence[int] = (3, 4, 9),
                  resnet_channels: Sequence[int] = (256, 512, 1024),
                  resnet_stem_channels: int = 64, resnet_norm_groups: int = 32,
