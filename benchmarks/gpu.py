@@ -1,18 +1,18 @@
 """One-shot speed run on one CUDA device: timm ViTs (eager and torch.compile) and the two flagship
 dense backbones, unmodified against Token Transforming and ToMe, float16 and bfloat16 autocast.
 
-    .venv/bin/python benchmarks/gpu.py                     # CUDA device 0, about 8 minutes
+    .venv/bin/python benchmarks/gpu.py                     # CUDA device 0, at most 8 minutes
     .venv/bin/python benchmarks/gpu.py --device cpu --small  # the same code at tiny sizes, seconds
 
 Random weights (speed does not depend on them). A case is one model, mode, dtype and batch: its
 variants are timed after a warm-up (which compiles, in the compiled mode) in interleaved rounds
 (CUDA events on a GPU, ``time.perf_counter`` on the CPU); the median is kept and speed-ups are
 ratios against the same case's unmodified model. Every eager case runs first, then the compiled
-ones, each model smallest first. A progress line per case goes to stderr. The run keeps to
-``--max-minutes`` (8): a case is started only while the time spent plus the longest case so far of
-that model and mode (else of that mode, else of any) fits, and the others are listed under
-``skipped`` with the reason. Writes ``benchmarks/results/gpu_<device>.json`` after every case and
-prints a table.
+ones, bfloat16 at the large batch of every model before the rest (see :func:`plan`). A progress
+line per case goes to stderr. The run keeps to ``--max-minutes`` (8): a case is started only while
+the time spent plus the longest case so far of that model and mode (else of that mode, else of
+any) fits, and the others are listed under ``skipped`` with the reason. Writes
+``benchmarks/results/gpu_<device>.json`` after every case and prints a table.
 """
 import argparse
 import copy
@@ -65,7 +65,7 @@ def device_slug(device: torch.device) -> str:
 def build_timm(name: str, options: Optional[dict], small: bool) -> torch.nn.Module:
     import timm
 
-    from mmtt.patch.timm import apply_patch
+    from mmtt.hosts.timm import apply_patch
     timm_name, kwargs, side = TIMM_MODELS[name]
     kwargs = dict(kwargs, **TINY_TIMM, img_size=32) if small else kwargs
     torch.manual_seed(0)
@@ -140,14 +140,14 @@ def measure_case(nets: Dict[str, Callable], shape, dtype_name: str, batch: int, 
 
 
 def plan(names: List[str], batches: List[int]) -> List[tuple]:
-    """Cases ``(mode, model, dtype, batch)``: every eager case, then the compiled ones (timm
-    models), in the order of ``names``."""
-    cases = []
-    for mode in ('eager', 'compiled'):
-        for name in names:
-            if mode == 'eager' or name in TIMM_MODELS:
-                cases += [(mode, name, d, b) for d in DTYPES for b in batches]
-    return cases
+    """Cases ``(mode, model, dtype, batch)``: every eager case in the order of ``names``, then the
+    compiled ones (timm models): bfloat16 at the large batch of each model first, so a run cut
+    short by its budget still has a compiled figure of every model, then the others."""
+    cases = [('eager', name, d, b) for name in names for d in DTYPES for b in batches]
+    compiled = [name for name in names if name in TIMM_MODELS]
+    first = [('compiled', name, 'bfloat16', max(batches)) for name in compiled]
+    return cases + first + [('compiled', name, d, b) for name in compiled for d in DTYPES for b in batches
+                            if ('compiled', name, d, b) not in first]
 
 
 def build_models(name: str, small: bool, device: torch.device) -> Dict[str, torch.nn.Module]:
