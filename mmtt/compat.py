@@ -15,7 +15,7 @@ SUPPORTED = {
     'timm': ('1.0.0', '2.0.0'),
     'mmpretrain': ('1.2.0', '1.3.0'),
     'tlt': ('0.2.0', '0.3.0'),
-    # The two lines mmtt.patch.transformers is tested with: 4.51 (beside mmpretrain 1.2, whose
+    # The two lines mmtt.hosts.transformers is tested with: 4.51 (beside mmpretrain 1.2, whose
     # multimodal models need modeling_utils names 4.52 dropped) and 5.x from 5.25 (.venv-hf/).
     'transformers': (('4.51.0', '4.52.0'), ('5.25.0', '6.0.0')),
 }

@@ -15,7 +15,7 @@ from tiny_seg import REPO, TINY_VIT, save_mmseg_checkpoint, write_config, write_
 
 import mmtt.functional as TF
 from mmtt import TokenTransform
-from mmtt.patch import timm as tt
+from mmtt.hosts import timm as tt
 
 
 def tokens(b=2, n=17, c=8):

@@ -12,12 +12,12 @@ import importlib.metadata as metadata
 real = metadata.version
 metadata.version = lambda package: '9.0.0' if package == 'mmdet' else real(package)
 import sys
-import mmtt, mmtt.patch.timm
+import mmtt, mmtt.hosts.timm
 from mmseg.registry import MODELS
 assert MODELS.get('TokenVisionTransformer') is not None   # the supported host registered
-assert 'mmtt.models.backbones.swin' not in sys.modules     # the unsupported one was skipped
+assert 'mmtt.hosts.mmdet' not in sys.modules     # the unsupported one was skipped
 try:
-    import mmtt.models.backbones.swin
+    import mmtt.hosts.mmdet
 except ImportError as e:
     print(e)
 """

@@ -12,7 +12,7 @@ from mmseg.registry import MODELS as SEG_MODELS
 
 import mmtt
 import mmtt.models  # noqa: F401  (registers the backbones)
-from mmtt.patch import timm as tt
+from mmtt.hosts import timm as tt
 
 PACKAGE = Path(mmtt.__file__).parent
 
@@ -91,7 +91,7 @@ def test_tome_configs_say_which_features_they_compare():
 
 def test_lvvit_accepts_the_layers_alias_as_timm_does():
     pytest.importorskip('tlt')
-    from mmtt.patch import lvvit
+    from mmtt.hosts import lvvit
     torch.manual_seed(0)
     model = lvvit.LV_ViT(img_size=64, patch_size=16, embed_dim=32, depth=4, num_heads=2, mlp_ratio=3.,
                          p_emb='4_2', skip_lam=2., return_dense=True, mix_token=True, num_classes=10).eval()

@@ -22,9 +22,9 @@ from torch import nn
 from mmtt.analysis import DetTensorForward, count_flops, detection_test_shape, is_detector
 from mmtt.functional import size_bias
 from mmtt.functional import windows as W
-from mmtt.models.backbones.swin import TokenSwinTransformer
+from mmtt.hosts.adapter import Capture as ScoreRequest
+from mmtt.hosts.mmdet import TokenSwinTransformer
 from mmtt.modules import TokenRecovery, TokenTransform
-from mmtt.modules.host import Capture as ScoreRequest
 from mmtt.modules.window_transform import WindowTokenTransform
 
 CONFIGS = [REPO / 'configs/dino/dino_tt_swin-l_coco.py', REPO / 'configs/dino/dino_tt_swin-l_coco_36e.py']

@@ -19,8 +19,8 @@ from tiny_cls import (
 )
 
 from mmtt.functional import size_bias
-from mmtt.models.backbones.mmpretrain_vit import TokenMultiheadAttention
-from mmtt.modules.host import TokenState
+from mmtt.hosts.adapter import TokenState
+from mmtt.hosts.mmpretrain import TokenMultiheadAttention
 
 ALL_CONFIGS = sorted(CONFIGS.glob('*.py'))
 UNMODIFIED = ('ps-vit-b14_in1k.py',)   # baselines: the same model with no layer reducing
@@ -267,11 +267,11 @@ print('ok')
     assert proc.returncode == 0 and 'ok' in proc.stdout, proc.stderr[-2000:]
 
 
-# LV-ViT (tlt 0.2.0): a patch in the manner of mmtt.patch.timm.
+# LV-ViT (tlt 0.2.0): a patch in the manner of mmtt.hosts.timm.
 @pytest.fixture
 def lvvit():
     pytest.importorskip('tlt')
-    from mmtt.patch import lvvit
+    from mmtt.hosts import lvvit
     return lvvit
 
 

@@ -13,7 +13,7 @@ import pytest
 import timm
 import torch
 
-from mmtt.patch.timm import apply_patch
+from mmtt.hosts.timm import apply_patch
 
 ort = pytest.importorskip('onnxruntime')
 pytest.importorskip('onnx')

@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from mmtt.functional import cluster_grid, hourglass_matrix, pitome_matrix, reconstruction_relation, tps_matrix
+from mmtt.hosts import timm as tt
 from mmtt.modules import METHOD_SPECS, METHODS, TokenRecovery, TokenTransform, default_metric
 from mmtt.modules.methods import WINDOW_METHODS
-from mmtt.patch import timm as tt
 
 PEERS = ['tps', 'pitome', 'hourglass']
 
@@ -355,7 +355,7 @@ def reconstruction_reference(x, y, k, temperature):
 
 
 def test_reconstruction_matches_reference_and_recovers_through_the_state():
-    from mmtt.modules.host import TokenState, reduce_tokens
+    from mmtt.hosts.adapter import TokenState, reduce_tokens
     x = rand(2, 1 + 30, 4, seed=9)
     y = rand(2, 1 + 6, 4, seed=10)
     relation = reconstruction_relation(x[:, 1:], y[:, 1:], k=3, temperature=0.5)
@@ -382,7 +382,7 @@ def test_reconstruction_matches_reference_and_recovers_through_the_state():
 
 
 def test_hourglass_needs_the_grid_and_names_it():
-    from mmtt.modules.host import Captured, TokenState, reduce_tokens
+    from mmtt.hosts.adapter import Captured, TokenState, reduce_tokens
     t = TokenTransform(0.49, method='hourglass')
     x = torch.randn(1, 17, 8)
     with pytest.raises(ValueError, match='grid_size=None'):

@@ -4,9 +4,9 @@ import timm
 import torch
 from mmengine.registry import MODELS
 
+from mmtt.hosts import timm as tt
 from mmtt.modules import TokenTransform
 from mmtt.modules.presets import PRESET_KEYS, PRESETS
-from mmtt.patch import timm as tt
 
 PAPER = dict(method='transform', kappa=0.55, tau=150.0, selection='informative', similarity='cosine',
              orphans='spread', top_k=None, score_stride=1, anchor=False, distinct_stride=1)

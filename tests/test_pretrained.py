@@ -8,7 +8,7 @@ import skimage.data
 import timm
 import torch
 
-from mmtt.patch.timm import apply_patch, remove_patch
+from mmtt.hosts.timm import apply_patch, remove_patch
 from mmtt.pretrained import (
     SaliencyDecoder,
     check_against_onnxruntime,

@@ -6,9 +6,9 @@ from timm.layers import Attention
 from timm.models.vision_transformer import Block, VisionTransformer
 
 from mmtt.analysis import count_flops
-from mmtt.modules.host import BlockSettings
+from mmtt.hosts import timm as tt
+from mmtt.hosts.adapter import BlockSettings
 from mmtt.modules.state import StateStep, TokenState
-from mmtt.patch import timm as tt
 
 TINY = {   # name -> kwargs giving a small model with the family's prefix-token layout
     'vit_tiny_patch16_224': dict(depth=4, img_size=96),

@@ -11,7 +11,7 @@ import torch
 from mmengine.registry import init_default_scope
 from mmseg.registry import MODELS as SEG_MODELS
 
-from mmtt.patch import timm as tt
+from mmtt.hosts import timm as tt
 
 PATCH = dict(keep_ratio=0.6, layers=(1, 2))
 

@@ -17,8 +17,8 @@ import torch
 from torch import Tensor
 
 from mmtt import functional as TF
+from mmtt.hosts.timm import apply_patch
 from mmtt.modules import TokenTransform
-from mmtt.patch.timm import apply_patch
 
 
 def tome_merge_reference(x: Tensor, metric: Tensor, size: Tensor, r: int,

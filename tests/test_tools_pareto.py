@@ -13,7 +13,7 @@ import skimage.data
 import timm
 from PIL import Image
 
-from mmtt.patch.timm import remove_patch
+from mmtt.hosts.timm import remove_patch
 from mmtt.pretrained import load_focus_model
 from mmtt.tools.pareto import parse_args, parse_value, parse_variant, plan_points
 from mmtt.tools.pareto_report import (
@@ -127,7 +127,7 @@ def test_hourglass_variant_sets_its_reconstruction_k_and_temperature():
     remove_patch(model.backbone)
     with pytest.raises(ValueError, match="unknown key 'recovery_temp'"):
         patch(model, dict(method='hourglass', recovery='reconstruct', recovery_temp=1), 0.5, [2])
-    from mmtt.patch.timm import apply_patch
+    from mmtt.hosts.timm import apply_patch
     with pytest.raises(ValueError, match='unknown recover key temp=1'):
         apply_patch(model.backbone, method='hourglass', layers=[2], recover=dict(mode='reconstruct', temp=1))
 

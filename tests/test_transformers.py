@@ -18,7 +18,7 @@ from transformers import (  # noqa: E402
 from transformers.models.clip import modeling_clip  # noqa: E402
 from transformers.models.clip.modeling_clip import CLIPEncoder, CLIPEncoderLayer  # noqa: E402
 
-from mmtt.patch import transformers as tp  # noqa: E402
+from mmtt.hosts import transformers as tp  # noqa: E402
 
 # 4.51's SDPA attention class; transformers 5 has one CLIPAttention for every kernel.
 SDPA_ATTENTION = getattr(modeling_clip, 'CLIPSdpaAttention', modeling_clip.CLIPAttention)

@@ -152,7 +152,7 @@ def timm_files(tmp_path_factory):
 
 
 def test_timm_model_is_tuned_and_the_written_apply_patch_call_runs(timm_files):
-    from mmtt.patch.timm import remove_patch
+    from mmtt.hosts.timm import remove_patch
     tmp, ckpt, images = timm_files
     result = run_tune(tmp, '--timm-model', 'test_vit', '--checkpoint', ckpt, '--images', images,
                       '--target-speedup', 0.01, '--methods', 'fast', 'tome', '--batch', 2)

@@ -4,7 +4,7 @@ import pytest
 import timm
 import torch
 
-from mmtt.patch.timm import apply_patch
+from mmtt.hosts.timm import apply_patch
 from mmtt.pretrained import column_shares, record_reductions
 from mmtt.vis import partition_colours, partition_image, reduction_assignment
 

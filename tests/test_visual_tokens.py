@@ -11,7 +11,7 @@ transformers = pytest.importorskip('transformers')
 from test_transformers import IMAGE, batch, encoder_of, lm_lengths, make_llava, pixels, prompt  # noqa: E402
 from transformers import LlamaConfig, LlavaConfig, LlavaForConditionalGeneration  # noqa: E402
 
-from mmtt.patch import transformers as tp  # noqa: E402
+from mmtt.hosts import transformers as tp  # noqa: E402
 
 
 def qk(batch_size, n, c, seed=0):

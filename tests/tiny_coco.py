@@ -15,7 +15,7 @@ from mmengine.registry import init_default_scope
 from PIL import Image
 
 import mmtt  # noqa: F401
-import mmtt.models.backbones.swin  # noqa: F401  (registers TokenSwinTransformer)
+import mmtt.hosts.mmdet  # noqa: F401  (registers TokenSwinTransformer)
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ('cat', 'dog')
@@ -71,7 +71,7 @@ def write_config(tmp: Path, name: str, backbone: dict,
     text = f"""
 _base_ = ['{base}']
 # The explicit module import keeps this working whether or not `import mmtt` registers it.
-custom_imports = dict(imports=['mmtt', 'mmtt.models.backbones.swin'], allow_failed_imports=False)
+custom_imports = dict(imports=['mmtt', 'mmtt.hosts.mmdet'], allow_failed_imports=False)
 model = {dict(TINY_DINO, backbone=dict(backbone, _delete_=True))!r}
 test_pipeline = [
     dict(type='LoadImageFromFile'),

@@ -151,7 +151,7 @@ PY
 elif [ "$level" = hf ]; then
   "$py" - <<'PY'
 import torch, torchvision, mmengine, timm, transformers, mmtt
-import mmtt.patch.transformers  # noqa: F401
+import mmtt.hosts.transformers  # noqa: F401
 print(f'torch {torch.__version__}, torchvision {torchvision.__version__}, mmengine {mmengine.__version__}, '
       f'timm {timm.__version__}, transformers {transformers.__version__}, mmtt {mmtt.__version__} '
       '(transformers level: no mmcv, mmseg, mmdet, mmpretrain)')
@@ -162,7 +162,7 @@ PY
 else
   "$py" - <<'PY'
 import matplotlib, onnx, skimage, torch, torchvision, mmengine, timm, tqdm, mmtt  # noqa: F401
-import mmtt.patch.timm, mmtt.pretrained, mmtt.vis  # noqa: F401  (what tools/demo.py imports)
+import mmtt.hosts.timm, mmtt.pretrained, mmtt.vis  # noqa: F401  (what tools/demo.py imports)
 print(f'torch {torch.__version__}, torchvision {torchvision.__version__}, mmengine {mmengine.__version__}, '
       f'timm {timm.__version__}, mmtt {mmtt.__version__} (demo level: no mmcv, mmseg, mmdet)')
 PY

@@ -17,12 +17,12 @@ from torch import Tensor, nn
 
 from ..functional import attention_with_scores
 from ..functional._checks import check_kwargs, check_layers
-from ..patch._build import build_module
-from .methods import default_metric
-from .presets import PRESETS
-from .state import TokenState
-from .token_recovery import TokenRecovery
-from .token_transform import TokenTransform
+from ..modules.methods import default_metric
+from ..modules.presets import PRESETS
+from ..modules.state import TokenState
+from ..modules.token_recovery import TokenRecovery
+from ..modules.token_transform import TokenTransform
+from ._build import build_module
 
 
 class BlockSettings(NamedTuple):

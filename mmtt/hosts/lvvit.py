@@ -4,10 +4,10 @@
 timm's deprecated import paths (``timm.models.layers`` and so on, each a ``FutureWarning``,
 silenced here). Its models register in timm's registry (``timm.create_model('lvvit_s')``).
 
-:func:`apply_patch` works like :func:`mmtt.patch.timm.apply_patch`: it swaps classes in place
+:func:`apply_patch` works like :func:`mmtt.hosts.timm.apply_patch`: it swaps classes in place
 (``module.__class__``), adds no parameters, keeps the state dict's keys, and
 :func:`remove_patch` restores the model exactly. Each block takes and returns the forward's
-:class:`~mmtt.modules.host.TokenState`. With a reduction every block's attention runs through
+:class:`~mmtt.modules.state.TokenState`. With a reduction every block's attention runs through
 ``F.scaled_dot_product_attention`` (LV-ViT's own attention materialises the map), with
 ``log s`` as the mask after the first reduction.
 
@@ -28,7 +28,7 @@ from torch import Tensor
 
 from ..functional import size_bias
 from ..modules import TokenRecovery, TokenTransform
-from ..modules.host import (
+from .adapter import (
     BlockSettings,
     Capture,
     TokenState,
@@ -39,7 +39,7 @@ from ..modules.host import (
     reduces,
     swap_class,
 )
-from ..modules.host import remove_patch as host_remove_patch
+from .adapter import remove_patch as host_remove_patch
 
 with warnings.catch_warnings():
     warnings.simplefilter('ignore', FutureWarning)   # tlt's imports of timm's old paths
@@ -59,7 +59,7 @@ SCHEDULES: Dict[str, dict] = {
 class TokenLVAttention(Attention):
     """tlt's ``Attention``; with an ``attn_mask`` (the size bias), a ``capture`` or
     ``_mmtt_fused`` it restates its forward (same projections, ``self.scale``) around
-    :func:`mmtt.modules.host.attend`."""
+    :func:`mmtt.hosts.adapter.attend`."""
     _mmtt_fused: bool = False
 
     def forward(self, x: Tensor, padding_mask: Optional[Tensor] = None,
@@ -129,7 +129,7 @@ def apply_patch(model: LV_ViT, method: Optional[str] = None, keep_ratio: float =
                 layers: Optional[Sequence[int]] = None, **transform_kwargs) -> LV_ViT:
     """Insert token reduction into a tlt LV-ViT (``lvvit_s``, ``lvvit_m``...), in place.
 
-    Arguments as :func:`mmtt.patch.timm.apply_patch` (``schedule`` from :data:`SCHEDULES`). Blocks
+    Arguments as :func:`mmtt.hosts.timm.apply_patch` (``schedule`` from :data:`SCHEDULES`). Blocks
     must be tlt's transformer ``Block`` (LV-ViT's ``order`` of separate ``'mha'``/``'ffn'``
     blocks is refused). Returns the same model object, patched.
     """

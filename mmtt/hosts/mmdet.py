@@ -43,7 +43,7 @@ Parameters and state-dict keys are mmdet's.
 """
 from typing import List, Optional, Sequence, Tuple
 
-from ...compat import check_versions
+from ..compat import check_versions
 
 check_versions('mmdet', 'mmcv')
 
@@ -55,18 +55,18 @@ from mmdet.registry import MODELS as DET_MODELS
 from mmengine.registry import MODELS
 from torch import Tensor
 
-from ...functional import size_bias
-from ...functional.windows import (
+from ..functional import size_bias
+from ..functional.windows import (
     anchored_relative_bias,
     shifted_window_mask,
     window_partition,
     window_reverse,
 )
-from ...modules import TokenTransform
-from ...modules.host import Capture, attend, check_recovery, check_reduce_layers, record_parent, swap_class
-from ...modules.methods import WINDOW_METHODS
-from ...modules.presets import PRESETS
-from ...modules.window_transform import WindowGrid, WindowTokenTransform, pad_to
+from ..modules import TokenTransform
+from ..modules.methods import WINDOW_METHODS
+from ..modules.presets import PRESETS
+from ..modules.window_transform import WindowGrid, WindowTokenTransform, pad_to
+from .adapter import Capture, attend, check_recovery, check_reduce_layers, record_parent, swap_class
 
 
 class TokenShiftWindowMSA(ShiftWindowMSA):
@@ -74,7 +74,7 @@ class TokenShiftWindowMSA(ShiftWindowMSA):
     informative scores. Without either it is the host's ``forward`` unchanged.
 
     ``forward(query, hw_shape, grid=None, capture=None)``: with a
-    :class:`~mmtt.modules.host.Capture` it returns ``(out, Captured)``, the scores ``[B, Hp,
+    :class:`~mmtt.hosts.adapter.Capture` it returns ``(out, Captured)``, the scores ``[B, Hp,
     Wp]`` each from the window the token was attended in. The reduced and the scoring paths
     rewrite the host's ``forward`` (pad, roll, partition, attend, reverse): the window size
     and the additive biases differ, the weights do not.

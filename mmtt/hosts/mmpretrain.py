@@ -4,7 +4,7 @@
 :class:`TokenDistilledVisionTransformer` (DeiT distilled) are mmpretrain's backbones with the
 reduction between the attention and the FFN of chosen layers, registered in mmpretrain's
 ``MODELS``. They have exactly mmpretrain's parameters, so official checkpoints load strictly.
-Each layer takes and returns the forward's :class:`~mmtt.modules.host.TokenState`, so nothing
+Each layer takes and returns the forward's :class:`~mmtt.modules.state.TokenState`, so nothing
 about a forward is stored on the model. The class and distillation tokens are never reduced;
 ``out_type='avg_featmap'`` counts each reduced token ``size`` times; ``'featmap'`` needs a
 ``token_recovery`` (the full grid); ``'raw'`` returns the reduced tokens, or all of them with a
@@ -14,7 +14,7 @@ about a forward is stored on the model. The class and distillation tokens are ne
 from functools import partial
 from typing import Optional, Sequence, Tuple
 
-from ...compat import check_versions
+from ..compat import check_versions
 
 check_versions('mmpretrain', 'mmcv')
 
@@ -52,9 +52,10 @@ from mmpretrain.models.utils.attention import scaled_dot_product_attention_pyimp
 from mmpretrain.registry import MODELS
 from torch import Tensor
 
-from ...functional import size_bias
-from ...modules import TokenRecovery, TokenTransform
-from ...modules.host import (
+from ..functional import size_bias
+from ..modules import TokenRecovery, TokenTransform
+from ..modules.state import TokenState
+from .adapter import (
     BlockSettings,
     Capture,
     attend,
@@ -67,7 +68,6 @@ from ...modules.host import (
     swap_class,
     weighted_mean,
 )
-from ...modules.state import TokenState
 
 
 def logit_scale(attn: MultiheadAttention) -> float:
@@ -89,10 +89,10 @@ class TokenMultiheadAttention(MultiheadAttention):
     scores.
 
     ``forward(x)`` is mmpretrain's. With ``attn_mask`` (the additive size bias), a
-    ``capture`` (a :class:`~mmtt.modules.host.Capture`; it then returns ``(out, Captured)``)
+    ``capture`` (a :class:`~mmtt.hosts.adapter.Capture`; it then returns ``(out, Captured)``)
     or in a backbone with a reduction configured (``_mmtt_fused``), it restates mmpretrain's
     forward (same projections, layer scale, drop path, value shortcut) around
-    :func:`mmtt.modules.host.attend`, i.e. ``F.scaled_dot_product_attention`` with ``log s`` as
+    :func:`mmtt.hosts.adapter.attend`, i.e. ``F.scaled_dot_product_attention`` with ``log s`` as
     the mask. mmpretrain's ViT already uses SDPA; T2T-ViT's layers use mmpretrain's Python
     attention, which SDPA replaces in a reduced model.
     """
@@ -246,7 +246,7 @@ class TokenVisionTransformer(TokenBackboneMixin, VisionTransformer):
             an ``out_indices`` layer comes at or after the first reduction.
         metric: features compared for similarity: ``'hidden'`` (the layer's hidden states,
             the paper's) or ``'keys'`` (head-averaged keys, ToMe's); None: keys for ToMe,
-            hidden states otherwise (as ``mmtt.patch.timm.apply_patch``).
+            hidden states otherwise (as ``mmtt.hosts.timm.apply_patch``).
         **kwargs: mmpretrain ``VisionTransformer`` arguments, unchanged.
     """
 

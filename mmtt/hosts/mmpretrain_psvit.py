@@ -6,14 +6,14 @@ The authors' checkpoints load after :func:`mmtt.models.psvit.convert_to_mmpretra
 (``backbone.*``, ``head.fc.*``).
 """
 # First: it checks the versions and imports mmpretrain.models (see its _import_mmpretrain_models).
-from . import mmpretrain_vit  # noqa: F401
+from . import mmpretrain  # noqa: F401
 
 __all__ = ['TokenPSViT']
 
 from mmpretrain.registry import MODELS
 from torch import Tensor
 
-from ..psvit import PSViT
+from ..models.psvit import PSViT
 
 
 @MODELS.register_module()

@@ -7,7 +7,7 @@ token is never reduced. Parameters and buffers are exactly mmpretrain's.
 from typing import Optional, Sequence, Tuple
 
 # First: it checks the versions and imports mmpretrain.models (see its _import_mmpretrain_models).
-from .mmpretrain_vit import TokenBackboneMixin, TokenEncoderLayerMixin
+from .mmpretrain import TokenBackboneMixin, TokenEncoderLayerMixin
 
 __all__ = ['TokenT2TLayer', 'TokenT2T_ViT']
 
@@ -28,7 +28,7 @@ class TokenT2T_ViT(TokenBackboneMixin, T2T_ViT):
 
     Args:
         token_transform, reduce_layers, token_recovery, metric: as
-            :class:`~mmtt.models.backbones.mmpretrain_vit.TokenVisionTransformer`; the layer
+            :class:`~mmtt.hosts.mmpretrain.TokenVisionTransformer`; the layer
             indices count the encoder's layers (``num_layers``), 0-based.
         **kwargs: mmpretrain ``T2T_ViT`` arguments, unchanged.
     """

@@ -3,12 +3,12 @@
 :class:`TokenVisionTransformer` is mmseg's backbone with reduction between the attention and
 the FFN of chosen layers, and nearest-neighbour recovery before every output, so decode heads
 see the full grid. It has exactly mmseg's parameters, so official checkpoints load strictly.
-Each layer takes and returns the forward's :class:`~mmtt.modules.host.TokenState`, so nothing
+Each layer takes and returns the forward's :class:`~mmtt.modules.state.TokenState`, so nothing
 about a forward is stored on the model.
 """
 from typing import Optional, Sequence, Tuple
 
-from ...compat import check_versions
+from ..compat import check_versions
 
 check_versions('mmsegmentation', 'mmcv')
 
@@ -20,9 +20,10 @@ from mmseg.models.backbones.vit import TransformerEncoderLayer, VisionTransforme
 from mmseg.registry import MODELS as SEG_MODELS
 from torch import Tensor
 
-from ...functional import size_bias
-from ...modules import TokenTransform
-from ...modules.host import (
+from ..functional import size_bias
+from ..modules import TokenTransform
+from ..modules.state import TokenState
+from .adapter import (
     BlockSettings,
     Capture,
     attend,
@@ -34,7 +35,6 @@ from ...modules.host import (
     reduces,
     swap_class,
 )
-from ...modules.state import TokenState
 
 
 class TokenMultiheadAttention(MultiheadAttention):
@@ -49,7 +49,7 @@ class TokenMultiheadAttention(MultiheadAttention):
     mmseg's exactly.
 
     ``forward(query, identity, attn_mask=None, capture=None)``: ``attn_mask`` the additive size
-    bias of the current tokens; with a :class:`~mmtt.modules.host.Capture` it returns
+    bias of the current tokens; with a :class:`~mmtt.hosts.adapter.Capture` it returns
     ``(out, Captured)``.
     """
     _mmtt_fused: bool = False   # SDPA even before the first reduction

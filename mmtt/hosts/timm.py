@@ -26,7 +26,8 @@ from torch import Tensor
 
 from ..functional import size_bias
 from ..modules import TokenRecovery, TokenTransform
-from ..modules.host import (
+from ..modules.state import StateStep, TokenState
+from .adapter import (
     BlockSettings,
     Capture,
     attend,
@@ -37,8 +38,7 @@ from ..modules.host import (
     swap_class,
     weighted_mean,
 )
-from ..modules.host import remove_patch as host_remove_patch
-from ..modules.state import StateStep, TokenState
+from .adapter import remove_patch as host_remove_patch
 
 # The paper's schedules (Table 1), as 0-based block indices after whose attention tokens are
 # reduced. "/0.7" keeps 70% of the tokens at each reduction.
@@ -54,8 +54,8 @@ class TokenAttention(Attention):
     """timm ``Attention`` that can also return what a reduction needs.
 
     ``forward(x, attn_mask, is_causal)`` is timm's. With ``capture`` (a
-    :class:`~mmtt.modules.host.Capture`) it restates timm's forward (projections, norms and
-    gate in the same order) around :func:`mmtt.modules.host.attend` and returns
+    :class:`~mmtt.hosts.adapter.Capture`) it restates timm's forward (projections, norms and
+    gate in the same order) around :func:`mmtt.hosts.adapter.attend` and returns
     ``(out, Captured)``.
     """
 

@@ -7,7 +7,7 @@ attention and MLP (Fig. 3), the class token never reduced. Layers after a reduct
 takes, so unreduced layers run HF's own code on the fused kernel.
 
 The encoder runs its layers itself (:class:`TokenCLIPEncoder` restates HF's loop) because each
-layer takes and returns the forward's :class:`~mmtt.modules.host.TokenState`: nothing about a
+layer takes and returns the forward's :class:`~mmtt.modules.state.TokenState`: nothing about a
 forward is stored on the model.
 
 For LLaVA the hidden states of the feature layer (``vision_feature_layer``,
@@ -46,7 +46,7 @@ from transformers.models.clip.modeling_clip import CLIPAttention, CLIPEncoder, C
 from ..functional import size_bias
 from ..functional.visual_tokens import prumerge_matrix, visionzip_matrix, visionzip_split
 from ..modules import TokenTransform
-from ..modules.host import (
+from .adapter import (
     BlockSettings,
     Capture,
     Captured,
@@ -132,8 +132,8 @@ class VisualTokenReduction(nn.Module):
 
 class _CapturingAttention:
     """Mixed before HF's CLIP attention: with ``capture`` (a
-    :class:`~mmtt.modules.host.Capture`) it restates HF's forward (the same projections)
-    around :func:`mmtt.modules.host.attend` and returns ``(out, None, Captured)`` (None where
+    :class:`~mmtt.hosts.adapter.Capture`) it restates HF's forward (the same projections)
+    around :func:`mmtt.hosts.adapter.attend` and returns ``(out, None, Captured)`` (None where
     HF returns attention weights, so transformers 5's attention recorder skips it). With
     ``Capture(ONE_HEAD_CLS)`` it returns ``(None, None, Captured)`` from the projections only:
     PruMerge's one-head class attention ``[B, N - 1]`` (softmax over all N keys) and the keys

@@ -28,8 +28,7 @@ from torch import Tensor, nn
 
 from ..functional import size_bias
 from ..functional._checks import check_choice
-from ..modules import TokenRecovery, TokenTransform
-from ..modules.host import (
+from ..hosts.adapter import (
     BlockSettings,
     Capture,
     attend,
@@ -38,6 +37,7 @@ from ..modules.host import (
     reduce_tokens,
     reduces,
 )
+from ..modules import TokenRecovery, TokenTransform
 from ..modules.state import TokenState
 
 __all__ = ['PSViT', 'progressive_sample', 'ps_vit_b_14', 'ps_vit_ti_14', 'convert_to_mmpretrain']
@@ -114,7 +114,7 @@ class Mlp(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention through SDPA (:func:`mmtt.modules.host.attend`), the logits
+    """Multi-head self-attention through SDPA (:func:`mmtt.hosts.adapter.attend`), the logits
     scaled by ``qk_scale`` (default ``head_dim ** -0.5``) and biased by ``log s`` once tokens
     have sizes."""
 
@@ -155,7 +155,7 @@ class DropPath(nn.Module):
 class EncoderLayer(nn.Module):
     """Pre-norm transformer layer; with a ``token_transform`` it reduces tokens between the
     attention and the FFN (the paper's Fig. 3). Takes and returns the forward's
-    :class:`~mmtt.modules.host.TokenState`."""
+    :class:`~mmtt.modules.state.TokenState`."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = False,
                  qk_scale: Optional[float] = None, drop: float = 0.0, attn_drop: float = 0.0,

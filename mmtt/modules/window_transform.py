@@ -1,5 +1,5 @@
 """Token reduction inside windowed attention: each ``window x window`` window of a token map
-becomes a ``grid x grid`` window (see :mod:`mmtt.models.backbones.swin` for the layout, the
+becomes a ``grid x grid`` window (see :mod:`mmtt.hosts.mmdet` for the layout, the
 position and size bias, and padding), by Token Transforming or by Hourglass's clustering.
 Pure tensor code over :mod:`mmtt.functional.windows`; no host import, so any windowed
 backbone can use it.

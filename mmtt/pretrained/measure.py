@@ -1,7 +1,7 @@
 """Fidelity metrics against an unmodified model, and a recorder of what reductions did.
 
 Used by ``tools/fidelity.py``, ``tools/visualize.py`` and ``tools/demo.py``. The recorder works
-with any timm model patched by :func:`mmtt.patch.timm.apply_patch`.
+with any timm model patched by :func:`mmtt.hosts.timm.apply_patch`.
 """
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -86,7 +86,7 @@ def record_reductions(model: nn.Module) -> Iterator[List[ReductionRecord]]:
     blocks = [(i, b) for i, b in enumerate(getattr(model, 'blocks', []))
               if getattr(b, 'token_transform', None) is not None]
     if not blocks:
-        raise ValueError('model has no reductions: patch it with mmtt.patch.timm.apply_patch first')
+        raise ValueError('model has no reductions: patch it with mmtt.hosts.timm.apply_patch first')
     records: List[ReductionRecord] = []
     handles = []
     for layer, block in blocks:

@@ -56,7 +56,7 @@ def build_timm(args, method: Optional[str],
                top_k: Optional[int] = None) -> Tuple[torch.nn.Module, Tuple[int, int]]:
     import timm
 
-    from mmtt.patch.timm import apply_patch
+    from mmtt.hosts.timm import apply_patch
     kwargs = dict(img_size=args.img_size) if args.img_size else {}
     model = timm.create_model(args.model, pretrained=False, **kwargs).eval()
     if method is not None:
@@ -72,7 +72,7 @@ def use_fused_attention(backbone: torch.nn.Module) -> None:
     """Run every attention of an mmtt mmseg ViT through SDPA, as a reduced one does: the
     unmodified model's outputs with the kernel the reduced model uses (mmseg's own
     ``nn.MultiheadAttention`` path materialises the N x N map)."""
-    from mmtt.models.backbones.vit import TokenVisionTransformer
+    from mmtt.hosts.mmseg import TokenVisionTransformer
     if not isinstance(backbone, TokenVisionTransformer):
         raise ValueError(f'--sdpa-baseline needs an mmtt mmseg ViT backbone, got {type(backbone).__name__}')
     backbone.use_fused_attention()

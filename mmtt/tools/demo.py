@@ -21,7 +21,7 @@ from typing import Iterator, List, Optional, Sequence
 import torch
 
 from mmtt.analysis import count_flops
-from mmtt.patch.timm import apply_patch, remove_patch
+from mmtt.hosts.timm import apply_patch, remove_patch
 from mmtt.pretrained import FocusModel, load_focus_model, mask_iou, preprocess, record_reductions
 from mmtt.tools._timing import time_once
 from mmtt.vis import display_image, draw_partition, reduction_assignment

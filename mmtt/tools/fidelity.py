@@ -19,8 +19,8 @@ from typing import List, Optional, Sequence
 
 from tqdm import tqdm
 
+from mmtt.hosts.timm import apply_patch, remove_patch
 from mmtt.modules.methods import METHODS  # the table of methods
-from mmtt.patch.timm import apply_patch, remove_patch
 from mmtt.pretrained import load_focus_model, preprocess
 from mmtt.tools._cli import ToolError, exits_on_user_error
 

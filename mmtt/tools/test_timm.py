@@ -18,9 +18,9 @@ from timm.data import create_transform, resolve_data_config
 from tqdm import tqdm
 
 from mmtt.checkpoint import allow_openmmlab_checkpoints
+from mmtt.hosts.timm import SCHEDULES, apply_patch
 from mmtt.modules import METHODS
 from mmtt.modules.presets import PRESETS
-from mmtt.patch.timm import SCHEDULES, apply_patch
 
 IMAGE_SUFFIXES = {'.jpg', '.jpeg', '.png', '.bmp', '.webp'}
 

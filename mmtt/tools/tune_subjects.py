@@ -347,7 +347,7 @@ class TimmSubject(Subject):
     def build(self, point: Optional[Point]) -> nn.Module:
         if point is None:
             return self.reference
-        from mmtt.patch.timm import apply_patch
+        from mmtt.hosts.timm import apply_patch
         return apply_patch(shared_copy(self.reference), **point.patch_kwargs())
 
     def predict(self, model: nn.Module) -> list:
@@ -370,7 +370,7 @@ class TimmSubject(Subject):
 
     def snippet(self, point: Point) -> List[str]:
         args = ', '.join(f'{k}={v!r}' for k, v in point.patch_kwargs().items())
-        return ['import timm', '', 'from mmtt.patch.timm import apply_patch', '',
+        return ['import timm', '', 'from mmtt.hosts.timm import apply_patch', '',
                 f'model = timm.create_model({self.name!r}, checkpoint_path={os.path.abspath(self.checkpoint)!r})',
                 f'apply_patch(model, {args})']
 
@@ -399,7 +399,7 @@ class FocusSubject(TimmSubject):
     def build(self, point: Optional[Point]) -> nn.Module:
         if point is None:
             return self.reference
-        from mmtt.patch.timm import apply_patch
+        from mmtt.hosts.timm import apply_patch
         model = shared_copy(self.reference)
         apply_patch(model.backbone, recover=True, **point.patch_kwargs())
         return model
@@ -423,6 +423,6 @@ class FocusSubject(TimmSubject):
 
     def snippet(self, point: Point) -> List[str]:
         args = ', '.join(f'{k}={v!r}' for k, v in point.patch_kwargs().items())
-        return ['from mmtt.patch.timm import apply_patch', 'from mmtt.pretrained import load_focus_model', '',
+        return ['from mmtt.hosts.timm import apply_patch', 'from mmtt.pretrained import load_focus_model', '',
                 f'model = load_focus_model({self.size})',
                 f'apply_patch(model.backbone, {args}, recover=True)']

@@ -18,7 +18,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from mmtt.patch.timm import apply_patch, remove_patch
+from mmtt.hosts.timm import apply_patch, remove_patch
 from mmtt.pretrained import FocusModel, ReductionRecord, load_focus_model, preprocess, record_reductions
 from mmtt.vis import figure, pick_rows, rows_on_object
 
@@ -26,7 +26,7 @@ from mmtt.vis import figure, pick_rows, rows_on_object
 def first_reduction(model: FocusModel, images: Tensor, **patch_kwargs) -> Tuple[Tensor, ReductionRecord]:
     """Saliency ``[B, 1, H, W]`` of the patched model and the record of its first reduction.
 
-    ``patch_kwargs`` go to :func:`mmtt.patch.timm.apply_patch`; the patch is removed after.
+    ``patch_kwargs`` go to :func:`mmtt.hosts.timm.apply_patch`; the patch is removed after.
     """
     apply_patch(model.backbone, recover=True, **patch_kwargs)
     try:

@@ -1,7 +1,7 @@
 """DPT-Hybrid's backbone: a ResNet (stem and stages) whose 1/16 feature map feeds a ViT.
 
 :class:`TokenHybridVisionTransformer` is mmtt's
-:class:`~mmtt.models.backbones.vit.TokenVisionTransformer` (mmseg's ``VisionTransformer`` with Token
+:class:`~mmtt.hosts.mmseg.TokenVisionTransformer` (mmseg's ``VisionTransformer`` with Token
 Transforming inserted by config) with mmseg's patch embedding swapped for the hybrid one of
 DPT-Hybrid / timm's ``vit_base_r50_s16_384``: ResNet-50 stem and first three stages (BiT
 flavour: weight-standardised convs, GroupNorm), then a 1x1 convolution to the embedding width.
@@ -17,7 +17,7 @@ from timm.layers import GroupNormAct, StdConv2dSame
 from timm.models.resnetv2 import ResNetV2
 from torch import Tensor, nn
 
-from ..backbones.vit import TokenVisionTransformer
+from ...hosts.mmseg import TokenVisionTransformer
 
 
 class HybridPatchEmbed(nn.Module):
