@@ -73,7 +73,7 @@ if __name__ == '__main__':
         extras_require={
             'seg': ['mmcv>=2.0.0,<2.2.0', 'mmsegmentation>=1.2.0,<1.3'],
             'det': ['mmcv>=2.0.0,<2.2.0', 'mmdet>=3.3.0,<3.4'],
-            'timm': ['timm>=1.0'],
+            'timm': ['timm>=1.0.26'],
         },
         entry_points={'console_scripts': [
             'mmtt-test = mmtt.tools.test:main',

@@ -12,7 +12,9 @@ SUPPORTED = {
     'mmcv': ('2.0.0', '2.2.0'),
     'mmsegmentation': ('1.2.0', '1.3.0'),
     'mmdet': ('3.3.0', '3.4.0'),
-    'timm': ('1.0.0', '2.0.0'),
+    # 1.0.26: the first release whose Block.forward takes attn_mask and is_causal (tested in
+    # .venv-hf/, beside 1.0.31 in .venv/).
+    'timm': ('1.0.26', '2.0.0'),
     'mmpretrain': ('1.2.0', '1.3.0'),
     'tlt': ('0.2.0', '0.3.0'),
     # The two lines mmtt.hosts.transformers is tested with: 4.51 (beside mmpretrain 1.2, whose

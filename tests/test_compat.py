@@ -32,8 +32,16 @@ def test_an_unsupported_host_does_not_stop_the_others():
 
 def test_check_versions_names_the_package_and_the_range(monkeypatch):
     monkeypatch.setattr(compat, 'version', lambda package: '0.1.0' if package == 'timm' else '2.5.0')
-    assert compat.version_problems('timm') == ['timm 0.1.0 is installed; mmtt supports timm>=1.0.0,<2.0.0']
+    assert compat.version_problems('timm') == ['timm 0.1.0 is installed; mmtt supports timm>=1.0.26,<2.0.0']
     assert not compat.host_supported('timm')
     with pytest.raises(ImportError, match='timm 0.1.0 is installed'):
         compat.check_versions('timm')
     compat.check_versions('torch')   # 2.5.0 is in range
+
+
+def test_timm_before_the_blocks_take_attn_mask_is_refused(monkeypatch):
+    # timm 1.0.25's Block.forward has no attn_mask / is_causal, which the patched blocks hand on.
+    monkeypatch.setattr(compat, 'version', lambda package: '1.0.25' if package == 'timm' else '2.5.0')
+    assert compat.version_problems('timm') == ['timm 1.0.25 is installed; mmtt supports timm>=1.0.26,<2.0.0']
+    monkeypatch.setattr(compat, 'version', lambda package: '1.0.26' if package == 'timm' else '2.5.0')
+    assert compat.version_problems('timm') == []

@@ -4,10 +4,13 @@
 #   bash tools/setup_env.sh        # full (default): the OpenMMLab hosts and test tools (make test)
 #   bash tools/setup_env.sh demo   # light: what tools/demo.py needs, no mmcv build (make demo)
 #   bash tools/setup_env.sh hf     # .venv-hf/: current Hugging Face transformers (5.x) beside
-#                                  # torch and timm, for the transformers host's tests (make test)
+#                                  # torch and the lowest supported timm, for the transformers
+#                                  # and timm hosts' tests (make test)
 #
 # The OpenMMLab hosts (mmpretrain 1.2, mmdet 3.3) need transformers 4.51, so the transformers
-# host is tested twice: with 4.51 in .venv/ and with transformers 5 in .venv-hf/ (no mmcv).
+# host is tested twice: with 4.51 in .venv/ and with transformers 5 in .venv-hf/ (no mmcv). The
+# timm host is tested twice too: with timm 1.0.31 in .venv/ and with 1.0.26, the lowest release
+# mmtt.compat supports, in .venv-hf/.
 #
 # Both levels install from the same constraints file, so a package they share gets the same
 # version. Idempotent: each level has its own stamp, and when nothing it depends on changed a
@@ -61,10 +64,14 @@ mmengine==0.10.7
 mmcv==2.1.0
 mmsegmentation==1.2.2
 mmdet==3.3.0
-timm==1.0.31
 PINS
-# The second environment's own line: current transformers (mmtt's OpenMMLab hosts are not in it).
-[ "$level" = hf ] && echo "transformers==5.25.0" >> "$cons"
+# The second environment's own lines: current transformers (mmtt's OpenMMLab hosts are not in
+# it) and the lowest timm mmtt supports (the first whose Block takes attn_mask and is_causal).
+if [ "$level" = hf ]; then
+  printf 'timm==1.0.26\ntransformers==5.25.0\n' >> "$cons"
+else
+  echo "timm==1.0.31" >> "$cons"
+fi
 
 log "build tools"
 # setuptools<81: mmcv's setup.py and mmengine's get_installed_path need pkg_resources.
@@ -100,8 +107,8 @@ fi
 # (the photograph), matplotlib (the figure) and tqdm.
 demo_packages=(timm==1.0.31 onnx scikit-image matplotlib tqdm)
 if [ "$level" = hf ]; then
-  log "timm, transformers 5 and test tools"
-  pip install -q -c "$cons" timm==1.0.31 transformers==5.25.0 pillow pytest ruff==0.17.6
+  log "timm 1.0.26, transformers 5 and test tools"
+  pip install -q -c "$cons" timm==1.0.26 transformers==5.25.0 pillow pytest ruff==0.17.6
 elif [ "$level" = full ]; then
   log "mmsegmentation, mmdet, timm and test tools"
   pip install -q -c "$cons" "${demo_packages[@]}" mmsegmentation==1.2.2 mmdet==3.3.0 transformers==4.51.3 \

@@ -89,6 +89,17 @@ def attend(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor], capture: Cap
     return out, Captured(scores, k.mean(dim=1) if capture.keys else None)
 
 
+def start_state(x: Tensor, num_prefix: int, grid: Optional[Sequence[int]]) -> TokenState:
+    """The state a forward starts from: ``grid`` ``(h, w)`` of the non-prefix tokens of ``x``
+    (``[B, P + N, C]``) when they form it (``h w = N``), for the methods that cluster in space,
+    else no grid (patch dropout, a sampling model without one)."""
+    if grid is not None:
+        grid = tuple(int(g) for g in grid)   # Python ints even under tracing (FLOP counting)
+        if grid[0] * grid[1] != int(x.shape[1]) - num_prefix:
+            grid = None
+    return TokenState(grid=grid)
+
+
 def reduces(transform: Optional[TokenTransform], num_tokens: int) -> bool:
     """Whether ``transform`` removes any of ``num_tokens`` reducible tokens (the shortcut every
     host takes to run its own code unchanged)."""

@@ -16,6 +16,7 @@ labeling) logits to the class logits; with a reduction the max runs over the red
 Training with ``mix_token`` needs every token back (``recover=True``).
 """
 import importlib
+import math
 import warnings
 from typing import Dict, Optional, Sequence, Tuple, Union
 
@@ -37,6 +38,7 @@ from .adapter import (
     patch_settings,
     reduce_tokens,
     reduces,
+    start_state,
     swap_class,
 )
 from .adapter import remove_patch as host_remove_patch
@@ -113,7 +115,9 @@ class TokenLV_ViT(LV_ViT):
         """x: ``[B, N, C]`` patch tokens; returns ``[B, 1 + M, C]`` (``M = N`` with recovery)."""
         x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
         x = self.pos_drop(x + self.pos_embed)
-        state = TokenState()
+        # The fixed position embedding holds a square grid of patches.
+        side = math.isqrt(x.shape[1] - 1)
+        state = start_state(x, 1, (side, side))
         for block in self.blocks:
             x, state = block(x, state)
         x = self.norm(x)

@@ -52,7 +52,6 @@ import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 from mmdet.models.backbones.swin import ShiftWindowMSA, SwinBlock, SwinBlockSequence, SwinTransformer
 from mmdet.registry import MODELS as DET_MODELS
-from mmengine.registry import MODELS
 from torch import Tensor
 
 from ..functional import size_bias
@@ -66,6 +65,7 @@ from ..modules import TokenTransform
 from ..modules.methods import WINDOW_METHODS
 from ..modules.presets import PRESETS
 from ..modules.window_transform import WindowGrid, WindowTokenTransform, pad_to
+from ._build import build_module
 from .adapter import Capture, attend, check_recovery, check_reduce_layers, record_parent, swap_class
 
 
@@ -210,7 +210,7 @@ class TokenSwinTransformer(SwinTransformer):
                            'map before patch merging and its output')
             self._check_grid(reduced_window_size, window)
             transform = self._build_transform(token_transform, window, reduced_window_size)
-            recovery = MODELS.build(token_recovery)
+            recovery = build_module('token_recovery', token_recovery)
         self.token_transform, self.token_recovery = transform, recovery
         self.reduce_layers, self.reduced_window_size = tuple(reduce_layers), reduced_window_size
         record_parent(self, ('token_transform', 'token_recovery', 'reduce_layers',
@@ -246,7 +246,7 @@ class TokenSwinTransformer(SwinTransformer):
     def _build_transform(cfg: dict, window: int, grid: int) -> TokenTransform:
         cfg = dict(cfg)
         cfg.setdefault('keep_ratio', grid * grid / (window * window))
-        transform = MODELS.build(cfg)
+        transform = build_module('token_transform', cfg)
         if not transform.spec.windows:
             raise ValueError(f'token_transform.method={transform.method!r} is not supported in '
                              f'windows; use {" or ".join(map(repr, WINDOW_METHODS))}')

@@ -65,6 +65,7 @@ from .adapter import (
     record_parent,
     reduce_tokens,
     reduces,
+    start_state,
     swap_class,
     weighted_mean,
 )
@@ -202,7 +203,7 @@ class TokenBackboneMixin:
         # The host's forward after the embedding, with the token state handed on.
         layers = getattr(self, self._layers_attr)
         outs = []
-        state = TokenState()
+        state = start_state(x, int(self.num_extra_tokens), patch_resolution)
         for i, layer in enumerate(layers):
             x, state = layer(x, state)
             if i == len(layers) - 1:

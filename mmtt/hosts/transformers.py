@@ -55,6 +55,7 @@ from .adapter import (
     patch_settings,
     reduce_tokens,
     reduces,
+    start_state,
 )
 
 # transformers 5 runs CLIP's attention through one class (the kernel chosen by the config),
@@ -237,12 +238,17 @@ class TokenCLIPEncoder(CLIPEncoder):
             raise ValueError('attention_mask and causal_attention_mask must be None in a patched '
                              'CLIP vision encoder')
         if V5:   # hidden states and attentions are recorded by HF's hooks on the layers
-            hidden_states, state = inputs_embeds, TokenState()
+            hidden_states, state = inputs_embeds, self._start_state(inputs_embeds)
             for i, layer in enumerate(self.layers):
                 hidden_states, _, state = layer(hidden_states, None, state=state,
                                                 following=self._following(i), **kwargs)
             return BaseModelOutput(last_hidden_state=hidden_states)
         return self._forward_451(inputs_embeds, *args[1:], **kwargs)
+
+    def _start_state(self, inputs_embeds: Tensor) -> TokenState:
+        # The patch grid of the configured image size (another size gives no grid).
+        side = self.config.image_size // self.config.patch_size
+        return start_state(inputs_embeds, 1, (side, side))
 
     def _following(self, i: int) -> Optional[nn.Module]:
         return self.layers[i + 1] if i + 1 < len(self.layers) else None
@@ -255,7 +261,7 @@ class TokenCLIPEncoder(CLIPEncoder):
                                 else output_hidden_states)
         encoder_states = () if output_hidden_states else None
         all_attentions = () if output_attentions else None
-        hidden_states, state = inputs_embeds, TokenState()
+        hidden_states, state = inputs_embeds, self._start_state(inputs_embeds)
         for i, layer in enumerate(self.layers):
             if output_hidden_states:
                 encoder_states = encoder_states + (hidden_states,)

@@ -36,6 +36,7 @@ from ..hosts.adapter import (
     layer_transforms,
     reduce_tokens,
     reduces,
+    start_state,
 )
 from ..modules import TokenRecovery, TokenTransform
 from ..modules.state import TokenState
@@ -262,6 +263,7 @@ class PSViT(nn.Module):
         self.embed_dim = embed_dim
         self.feat_size = img_size // downsample_ratio
         self.out_type = out_type
+        self.point_grid = (num_point_h, num_point_w)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.register_buffer('point_coord', initial_points(self.feat_size, num_point_h, num_point_w))
         self.pos_layer = nn.Linear(2, embed_dim)
@@ -316,7 +318,9 @@ class PSViT(nn.Module):
         for layer in self.ps_layers:
             tokens, offset, point = layer(feature, point, offset, tokens)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), tokens], dim=1)
-        state = TokenState()
+        # Token i stays the i-th point of the row-major lattice the sampling starts from (the
+        # points move, the lattice's order stays), so the clustering methods take that grid.
+        state = start_state(x, 1, self.point_grid)
         for layer in self.trans_layers:
             x, state = layer(x, state)
         x = self.norm(x)
