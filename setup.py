@@ -69,10 +69,10 @@ if __name__ == '__main__':
         python_requires='>=3.9',
         # torch is deliberately unpinned here; tools/setup_env.sh installs the pinned stack (an
         # unpinned torch from the registry pulls several GB of CUDA wheels).
-        install_requires=['torch>=2.1', 'mmengine>=0.10.0,<1.0', 'numpy', 'tqdm'],
+        install_requires=['torch>=2.1', 'mmengine>=0.10.7,<1.0', 'numpy', 'tqdm'],
         extras_require={
-            'seg': ['mmcv>=2.0.0,<2.2.0', 'mmsegmentation>=1.2.0,<1.3'],
-            'det': ['mmcv>=2.0.0,<2.2.0', 'mmdet>=3.3.0,<3.4'],
+            'seg': ['mmcv>=2.1.0,<2.2.0', 'mmsegmentation>=1.2.2,<1.3'],
+            'det': ['mmcv>=2.1.0,<2.2.0', 'mmdet>=3.3.0,<3.4'],
             'timm': ['timm>=1.0.26'],
         },
         entry_points={'console_scripts': [

@@ -8,9 +8,9 @@ from packaging.version import Version
 # when installed.
 SUPPORTED = {
     'torch': ('2.1.0', '3.0.0'),
-    'mmengine': ('0.10.0', '1.0.0'),
-    'mmcv': ('2.0.0', '2.2.0'),
-    'mmsegmentation': ('1.2.0', '1.3.0'),
+    'mmengine': ('0.10.7', '1.0.0'),
+    'mmcv': ('2.1.0', '2.2.0'),
+    'mmsegmentation': ('1.2.2', '1.3.0'),
     'mmdet': ('3.3.0', '3.4.0'),
     # 1.0.26: the first release whose Block.forward takes attn_mask and is_causal (tested in
     # .venv-hf/, beside 1.0.31 in .venv/).
@@ -19,7 +19,7 @@ SUPPORTED = {
     'tlt': ('0.2.0', '0.3.0'),
     # The two lines mmtt.hosts.transformers is tested with: 4.51 (beside mmpretrain 1.2, whose
     # multimodal models need modeling_utils names 4.52 dropped) and 5.x from 5.25 (.venv-hf/).
-    'transformers': (('4.51.0', '4.52.0'), ('5.25.0', '6.0.0')),
+    'transformers': (('4.51.3', '4.52.0'), ('5.25.0', '6.0.0')),
 }
 # What each part of mmtt needs: the core on import, a host's module when it is imported.
 CORE = ('torch', 'mmengine')

@@ -45,3 +45,19 @@ def test_timm_before_the_blocks_take_attn_mask_is_refused(monkeypatch):
     assert compat.version_problems('timm') == ['timm 1.0.25 is installed; mmtt supports timm>=1.0.26,<2.0.0']
     monkeypatch.setattr(compat, 'version', lambda package: '1.0.26' if package == 'timm' else '2.5.0')
     assert compat.version_problems('timm') == []
+
+
+def test_every_lowest_supported_version_but_torchs_is_one_the_tests_run():
+    """The floors of compat.SUPPORTED are versions a test environment installs (.venv/ or
+    .venv-hf/, tools/setup_env.sh): the pins of the set-up, timm's floor in .venv-hf/. torch's
+    floor is wider: only torch 2.13.0 is installable where the tests run."""
+    import re
+    from pathlib import Path
+    setup = (Path(__file__).parents[1] / 'tools' / 'setup_env.sh').read_text()
+    pinned = set(re.findall(r'([A-Za-z][\w.-]*)==([\d.]+)', setup))
+    for package, ranges in compat.SUPPORTED.items():
+        ranges = (ranges,) if isinstance(ranges[0], str) else ranges
+        if package == 'torch':
+            continue
+        for low, _ in ranges:
+            assert (package, low) in pinned, f'{package}>={low} is not installed by any set-up'
