@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 # The second environment (transformers 5, timm 1.0.26; tools/setup_env.sh hf) runs the Hugging Face
 # host's tests and the timm host's at the lowest supported timm.
 HF_VENV := $(or $(MMTT_HF_VENV),$(VENV)-hf)
-HF_TESTS := tests/test_transformers.py tests/test_visual_tokens.py tests/test_timm_patch.py
+HF_TESTS := tests/test_transformers.py tests/test_visual_tokens.py tests/test_llava_benchmark.py tests/test_timm_patch.py
 PYTEST_ARGS ?=
 
 .PHONY: setup setup-demo setup-hf demo test test-hf lint

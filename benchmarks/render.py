@@ -435,12 +435,37 @@ def render_preset_fronts(doc: Path) -> str:
             f'[benchmarks]({link("docs/benchmarks.md", doc)}).</sub>\n')
 
 
+def render_tune(doc: Path) -> str:
+    """The measured front of ``tools/tune.py`` on the ViT-S/14 and the point it chose."""
+    name, command = 'tune_vit_s14.json', 'benchmarks/tune_vit_s14.sh'
+    result = load(name)
+    if result is None:
+        return missing(command)
+    config = result['config']
+    target = (f"speed-up >= x{config['target_speedup']:g}" if config.get('target_speedup') is not None
+              else f"{result['metric']} >= {config['target_agreement']:g}")
+    lines = [f"Agreement is {result['metric']} against the unmodified model on {result['num_images']} "
+             f"photos; target: {target}. The front, fastest first:", '',
+             '| setting | GFLOPs | speed-up | agreement |', '|---|---|---|---|']
+    points = {p['label']: p for p in result['points']}
+    front = sorted((points[label] for label in result['front']), key=lambda p: -p['speedup'])
+    for p in front:
+        mark = ' **(chosen)**' if p['label'] == result['chosen'] else ''
+        lines.append(f"| `{p['label']}`{mark} | {p['gflops']:.2f} | {fmt_ratio(p['speedup'])} | "
+                     f"{p['agreement']:.3f} |")
+    measured = sum(p.get('agreement') is not None for p in result['points'])
+    lines += ['', f"{len(result['points'])} points searched, {measured} measured for agreement; "
+              f"chosen: `{result['chosen']}` ({result['why']})."]
+    return '\n'.join(lines) + '\n' + source(name, result, command)
+
+
 # Table name -> renderer of its body for the document it sits in (links are relative to it).
 RENDERERS: Dict[str, Callable[[Path], str]] = {
     'results': render_results,
     'presets': render_presets,
     'presets:front': render_preset_fronts,
     'cost': render_cost,
+    'tune': render_tune,
     'compiled:hosts': render_compiled_hosts,
     'compiled:pareto': render_compiled_pareto,
     'compiled:cost': render_compiled_cost,
