@@ -168,3 +168,34 @@ def test_no_import_circle_between_mmtt_modules():
     for node in graph:
         if node not in state:
             visit(node, [node])
+
+
+def test_the_transformers_host_refuses_recover_in_one_line():
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    from mmtt.hosts import transformers as ht
+    model = CLIPVisionModel(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                                             num_attention_heads=2, image_size=32, patch_size=8)).eval()
+    with pytest.raises(ValueError, match=r'^recover=True: the transformers host hands the reduced tokens on'):
+        ht.apply_patch(model, keep_ratio=0.5, reduce_layers=(1,), recover=True)
+
+
+def test_one_remove_patch_undoes_every_apply_patch_host():
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    from mmtt.hosts import transformers as ht
+    torch.manual_seed(0)
+    clip = CLIPVisionModel(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                                            num_attention_heads=2, image_size=32, patch_size=8)).eval()
+    vit = timm.create_model('vit_tiny_patch16_224', pretrained=False, depth=4, img_size=32).eval()
+    for model, patch, run in ((clip, ht.apply_patch, lambda m, x: m(pixel_values=x).last_hidden_state),
+                              (vit, tt.apply_patch, lambda m, x: m(x))):
+        x = image()
+        with torch.no_grad():
+            ref = run(model, x)
+        classes = [type(m) for m in model.modules()]
+        patch(model, keep_ratio=0.5, reduce_layers=(1,))
+        mmtt.remove_patch(model)
+        assert [type(m) for m in model.modules()] == classes
+        with torch.no_grad():
+            assert torch.equal(run(model, x), ref)

@@ -10,6 +10,7 @@ State flows with the data (:mod:`mmtt.modules.state`): nothing about a forward i
 a module, so one model serves concurrent threads, and a block recomputed by
 ``torch.utils.checkpoint`` sees the same state it saw the first time.
 """
+import types
 from typing import Any, Dict, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch.nn.functional as F
@@ -152,9 +153,17 @@ def swap_class(module: nn.Module, cls: type, **attrs: Any) -> None:
         module._mmtt_added = tuple(attrs)
     else:
         module._mmtt_added = tuple(dict.fromkeys(module._mmtt_added + tuple(attrs)))
-    module.__class__ = cls
+    _set_class(module, cls)
     for name, value in attrs.items():
         setattr(module, name, value)
+
+
+def _set_class(module: nn.Module, cls: type) -> None:
+    # An accelerate hook (device_map=...) calls the forward it saved as _old_forward: re-bind it
+    # to the new class's forward.
+    module.__class__ = cls
+    if '_old_forward' in vars(module):
+        module._old_forward = types.MethodType(cls.forward, module)
 
 
 def record_parent(module: nn.Module, added: Sequence[str], has_host: bool = True) -> None:
@@ -183,7 +192,7 @@ def remove_patch(model: nn.Module) -> nn.Module:
         for name in module.__dict__.pop('_mmtt_added'):
             if hasattr(module, name):
                 delattr(module, name)
-        module.__class__ = parent
+        _set_class(module, parent)
     return model
 
 

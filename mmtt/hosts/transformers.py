@@ -26,7 +26,6 @@ restores the model exactly.
 """
 # ruff: noqa: E402  (the host's versions are checked before the host is imported)
 import inspect
-import types
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from ..compat import check_versions
@@ -56,7 +55,9 @@ from .adapter import (
     reduce_tokens,
     reduces,
     start_state,
+    swap_class,
 )
+from .adapter import remove_patch as host_remove_patch
 
 # transformers 5 runs CLIP's attention through one class (the kernel chosen by the config),
 # records hidden states and attentions with hooks on the layers, has no CLIPVisionTransformer
@@ -520,17 +521,6 @@ if CLIPSdpaAttention is not None:
 _LLAVAS = {LlavaForConditionalGeneration: TokenLlavaForConditionalGeneration}
 if LlavaModel is not None:
     _LLAVAS[LlavaModel] = TokenLlavaModel
-_UNPATCHED = {**{v: k for k, v in _ATTENTION.items()}, **{v: k for k, v in _LLAVAS.items()},
-              TokenCLIPEncoderLayer: CLIPEncoderLayer, TokenCLIPEncoder: CLIPEncoder}
-
-
-def _set_class(module: nn.Module, cls: type) -> None:
-    """``module.__class__ = cls``; an accelerate hook (``device_map=...``) calls the forward it
-    saved as ``_old_forward``, which is re-bound to the new class's forward."""
-    module.__class__ = cls
-    if '_old_forward' in vars(module):
-        module._old_forward = types.MethodType(cls.forward, module)
-
 
 def _vision_parts(model: nn.Module):
     """``(vision root, its encoder, the LLaVA or None)`` of a supported model."""
@@ -634,6 +624,10 @@ def apply_patch(model: nn.Module, method: Optional[str] = None, keep_ratio: floa
     Returns:
         The same model object, patched.
     """
+    if 'recover' in transform_kwargs:
+        raise ValueError(f"recover={transform_kwargs['recover']!r}: the transformers host hands the "
+                         'reduced tokens on (LLaVA\'s language model reads them); recovery of every '
+                         'token is an option of the timm, LV-ViT and dense OpenMMLab hosts')
     vision, encoder, llava = _vision_parts(model)
     depth = len(encoder.layers)
     for i, layer in enumerate(encoder.layers):
@@ -675,14 +669,12 @@ def apply_patch(model: nn.Module, method: Optional[str] = None, keep_ratio: floa
         patched_attention = set(reduce_layers)
     block_settings = BlockSettings(num_prefix=1, recovery=None, keys=keys)
     for i, layer in enumerate(encoder.layers):
-        _set_class(layer, TokenCLIPEncoderLayer)
-        layer.token_transform = transforms.get(i)
-        layer._mmtt = block_settings
+        swap_class(layer, TokenCLIPEncoderLayer, token_transform=transforms.get(i), _mmtt=block_settings)
         if i in patched_attention:
-            _set_class(layer.self_attn, _ATTENTION[type(layer.self_attn)])
-    _set_class(encoder, TokenCLIPEncoder)
+            swap_class(layer.self_attn, _ATTENTION[type(layer.self_attn)])
+    swap_class(encoder, TokenCLIPEncoder)
     if llava is not None:
-        _set_class(llava, _LLAVAS[type(llava)])
+        swap_class(llava, _LLAVAS[type(llava)])
     return model
 
 
@@ -751,17 +743,6 @@ def _visual_token_patch(llava: Optional[nn.Module], depth: int, method: str, kee
 
 
 def remove_patch(model: nn.Module) -> nn.Module:
-    """Undo :func:`apply_patch`, in place; the model is then exactly HF's again."""
-    tower = _llava_tower(model) if isinstance(model, tuple(_LLAVAS)) else model
-    encoder = getattr(_vision_root(tower), 'encoder', None)
-    if not isinstance(encoder, TokenCLIPEncoder):
-        return model
-    for layer in encoder.layers:
-        del layer.token_transform, layer._mmtt
-        if type(layer.self_attn) in _UNPATCHED:
-            _set_class(layer.self_attn, _UNPATCHED[type(layer.self_attn)])
-        _set_class(layer, CLIPEncoderLayer)
-    _set_class(encoder, CLIPEncoder)
-    if type(model) in _UNPATCHED:
-        _set_class(model, _UNPATCHED[type(model)])
-    return model
+    """Undo :func:`apply_patch`, in place; the model is then exactly HF's again
+    (:func:`mmtt.remove_patch`, which undoes any host's patch)."""
+    return host_remove_patch(model)
