@@ -116,20 +116,20 @@ def _timm() -> nn.Module:
 
 
 def _timm_build(s: Optional[Spec], checkpoint: bool = False) -> nn.Module:
-    from mmtt.patch import timm as tt
+    from mmtt.hosts import timm as tt
     model = tt.apply_patch(copy.deepcopy(_timm()), **(s or spec(reduce_layers=())).patch_kwargs())
     model.set_grad_checkpointing(checkpoint)
     return model
 
 
 def _timm_remove(model: nn.Module) -> nn.Module:
-    from mmtt.patch import timm as tt
+    from mmtt.hosts import timm as tt
     return tt.remove_patch(model)
 
 
 @lru_cache(maxsize=None)
 def _lvvit() -> nn.Module:
-    from mmtt.patch import lvvit
+    from mmtt.hosts import lvvit
     torch.manual_seed(0)
     return lvvit.LV_ViT(img_size=64, patch_size=16, embed_dim=32, depth=4, num_heads=2, mlp_ratio=3.,
                         p_emb='4_2', skip_lam=2., return_dense=True, mix_token=True,
@@ -137,13 +137,13 @@ def _lvvit() -> nn.Module:
 
 
 def _lvvit_build(s: Optional[Spec], checkpoint: bool = False) -> nn.Module:
-    from mmtt.patch import lvvit
+    from mmtt.hosts import lvvit
     assert not checkpoint
     return lvvit.apply_patch(copy.deepcopy(_lvvit()), **(s or spec(reduce_layers=())).patch_kwargs())
 
 
 def _lvvit_remove(model: nn.Module) -> nn.Module:
-    from mmtt.patch import lvvit
+    from mmtt.hosts import lvvit
     return lvvit.remove_patch(model)
 
 
@@ -158,7 +158,7 @@ def _clip() -> nn.Module:
 
 
 def _clip_build(s: Optional[Spec], checkpoint: bool = False) -> nn.Module:
-    from mmtt.patch import transformers as tp
+    from mmtt.hosts import transformers as tp
     model = tp.apply_patch(copy.deepcopy(_clip()), **(s or spec(reduce_layers=())).patch_kwargs())
     if checkpoint:
         model.gradient_checkpointing_enable()
@@ -166,7 +166,7 @@ def _clip_build(s: Optional[Spec], checkpoint: bool = False) -> nn.Module:
 
 
 def _clip_remove(model: nn.Module) -> nn.Module:
-    from mmtt.patch import transformers as tp
+    from mmtt.hosts import transformers as tp
     return tp.remove_patch(model)
 
 
