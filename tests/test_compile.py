@@ -79,11 +79,7 @@ def test_inductor_output_equals_eager():
 
 # (host, setting) -> (graph breaks torch._dynamo.explain counts, why). Such a case is a strict
 # xfail on fullgraph's Unsupported error after its breaks are counted exactly.
-HOST_GRAPH_BREAKS = {
-    (host, setting): (18, "mmpretrain builds each FFN's mmcv DropPath with a numpy drop_prob "
-                          "(np.linspace) and mmcv's `drop_prob == 0.` on it is data-dependent for "
-                          "dynamo; the unmodified host breaks too (6 times)")
-    for host in ('mmpretrain_vit', 'mmpretrain_deit', 'mmpretrain_t2t') for setting in ('fast', 'tome')}
+HOST_GRAPH_BREAKS = {}
 # host -> why only the first batch size is compiled.
 ONE_BATCH = {'mmdet_swin': 'the recompilation for a second batch size (a symbolic batch through '
                            'the window partitions) runs for minutes on a 2-core CPU'}

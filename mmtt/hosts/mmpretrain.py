@@ -186,6 +186,11 @@ class TokenBackboneMixin:
             swap_class(layer.attn, TokenMultiheadAttention, _mmtt_scale=logit_scale(layer.attn),
                        _mmtt_fused=False)
         self.use_fused_attention(transform is not None and transform.keep_ratio < 1)
+        # mmpretrain hands mmcv's DropPath a numpy drop_prob (np.linspace); its `drop_prob == 0.`
+        # test then breaks a torch.compile graph in every layer. The same value as a Python float.
+        for module in self.modules():
+            if type(module).__name__ == 'DropPath' and hasattr(module, 'drop_prob'):
+                module.drop_prob = float(module.drop_prob)
 
     def use_fused_attention(self, enabled: bool = True) -> None:
         """Run every layer's attention through SDPA (``enabled``) or the host's own attention
