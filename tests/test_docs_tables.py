@@ -27,7 +27,7 @@ def test_every_marker_names_a_known_table_and_every_result_is_shown():
             shown.add(match.group(2))
     for result in (REPO / 'benchmarks' / 'results').glob('*.json'):
         name = result.stem
-        table = {'reduction_cost': 'cost'}.get(name, name.replace('pareto_vit_s14_', 'pareto:')
+        table = {'reduction_cost': 'cost', 'tune_vit_s14': 'tune'}.get(name, name.replace('pareto_vit_s14_', 'pareto:')
                                                    .replace('hosts_', 'hosts:'))
         assert table in shown, f'{result.name} is rendered nowhere'
 
