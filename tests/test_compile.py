@@ -126,5 +126,3 @@ def test_every_host_compiles_in_one_graph_equals_eager_and_recompiles_at_most_on
     # One graph for the first batch size, one more (with a dynamic batch) for the next.
     assert counters['stats']['unique_graphs'] <= 2, dict(counters['stats'])
     dynamo.reset()
-    if host.name in ONE_BATCH:
-        pytest.skip(f'compiled at one batch size only: {ONE_BATCH[host.name]}')

@@ -121,6 +121,8 @@ def test_every_variant_answers_and_is_timed(checkpoint, pairs, tmp_path, capsys)
                 assert all(run[stage] > 0 for stage in llava_table5.STAGES)
                 assert run['ttft_s'] >= run['vision_s'] + run['prefill_s']
                 assert 1 <= run['new_tokens'] <= 4
+            # Greedy decoding: every round of a variant generates the same answer length.
+            assert len({run['new_tokens'] for run in case['runs'][name]}) == 1, name
         budget = {name: int(name.split('@')[1]) if '@' in name else 144 for name in names}
         prompt = case['runs']['unmodified'][0]['lm_prompt_tokens']
         assert all(case['runs'][name][0]['lm_prompt_tokens'] == prompt - 144 + budget[name] for name in names)
