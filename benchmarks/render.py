@@ -236,6 +236,14 @@ def eager_compiled(eager: Optional[float], compiled: Optional[float], fmt: str) 
     return ' / '.join('-' if v is None else fmt.format(v) for v in (eager, compiled))
 
 
+def not_compiled(what: str, of: str, commands: Sequence[str]) -> List[str]:
+    """The line naming the compiled runs not made yet (their ``commands``), or none."""
+    if not commands:
+        return []
+    return [f'No compiled {what} of {len(commands)} {of}{"s" if len(commands) > 1 else ""} yet: '
+            + ', '.join(commands) + '.\n']
+
+
 def render_compiled_hosts(doc: Path) -> str:
     blocks, absent = [], []
     for host, name in HOSTS.items():
@@ -256,10 +264,7 @@ def render_compiled_hosts(doc: Path) -> str:
                          f"{eager_compiled(e.get('throughput_ratio'), r['throughput_ratio'], 'x{:.2f}')} |")
         blocks.append('\n'.join(lines) + '\n' + source(f'{COMPILED}/{name}', compiled,
                                                         f'benchmarks/hosts.sh {host} compile'))
-    if absent:
-        blocks.append(f'No compiled run of {len(absent)} host{"s" if len(absent) > 1 else ""} yet: '
-                      + ', '.join(absent) + '.\n')
-    return '\n'.join(blocks)
+    return '\n'.join(blocks + not_compiled('run', 'host', absent))
 
 
 def render_compiled_pareto(doc: Path) -> str:
@@ -293,10 +298,7 @@ def render_compiled_pareto(doc: Path) -> str:
                   f"{eager_compiled(eager_base.get('latency_ms'), base['latency_ms'], '{:.0f}')} ms."]
         blocks.append('\n'.join(lines) + '\n' + source(f'{COMPILED}/{name}', compiled,
                                                         f'benchmarks/pareto_vit_s14.sh {run} compile'))
-    if absent:
-        blocks.append(f'No compiled sweep of {len(absent)} run{"s" if len(absent) > 1 else ""} yet: '
-                      + ', '.join(absent) + '.\n')
-    return '\n'.join(blocks)
+    return '\n'.join(blocks + not_compiled('sweep', 'run', absent))
 
 
 def render_compiled_cost(doc: Path) -> str:

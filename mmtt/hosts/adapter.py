@@ -250,10 +250,6 @@ class PatchSettings(NamedTuple):
         """The transform of each of ``depth`` blocks (see :func:`layer_transforms`)."""
         return layer_transforms(TokenTransform(**self.transform), self.reduce_layers, depth)
 
-    def transform_for(self, index: int, depth: int) -> Optional[TokenTransform]:
-        """The transform of block ``index`` of ``depth`` (see :func:`layer_transforms`)."""
-        return self.layer_transforms(depth)[index]
-
 
 class ConfigReduction(NamedTuple):
     """What a config-built backbone resolved from its reduction keys (see :func:`config_reduction`).

@@ -665,7 +665,7 @@ def apply_patch(model: nn.Module, method: Optional[str] = None, keep_ratio: floa
                 raise ValueError(f'{key}={late} come after the feature layer: vision_feature_layer='
                                  f'{llava.config.vision_feature_layer!r} reads the output of layer '
                                  f'{first - 1}, so reductions must be in layers 0-{first - 1}')
-        transforms = {i: patch.transform_for(i, depth) for i in reduce_layers}
+        transforms = dict(enumerate(patch.layer_transforms(depth)))
         patched_attention = set(reduce_layers)
     block_settings = BlockSettings(num_prefix=1, recovery=None, keys=keys)
     for i, layer in enumerate(encoder.layers):
