@@ -5,6 +5,8 @@
 # Usage: benchmarks/pareto_vit_s14.sh [fp32|bf16|224|all] [compile] [extra tools/pareto.py arguments]
 # compile: every point timed under torch.compile (tools/pareto.py --compile), the result to
 # benchmarks/results/compiled/ under the same name and the figure to docs/img/*_compiled.png.
+# Compiled, the presets run against ToMe only: each point is compiled twice (batch 1 and
+# --batch), over a minute each on a 2-core CPU.
 # IMAGES: a folder of photos (default: the 250 ImageNet photos beside this checkout).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,8 +17,8 @@ PY=${PY:-.venv/bin/python}
 IMAGES=${IMAGES:-../shared/data/imagenet-samples}
 COMMON=(--images "$IMAGES" --limit 16 --batch 4 --warmup 1 --keep-ratios 0.5 0.7 0.9 --ours paper fast
         ${MODE[@]+"${MODE[@]}"})
-VARIANTS=(paper=preset:paper fast=preset:fast tome=method:tome tome-hidden=method:tome,metric:hidden
-          tps=method:tps pitome=method:pitome evit=method:evit prune=method:prune)
+VARIANTS=(paper=preset:paper fast=preset:fast tome=method:tome tome-hidden=method:tome,metric:hidden)
+[ ${#MODE[@]} -gt 0 ] || VARIANTS+=(tps=method:tps pitome=method:pitome evit=method:evit prune=method:prune)
 run() {
   local name=$1; shift
   $PY tools/pareto.py "${COMMON[@]}" --variants "${VARIANTS[@]}" "$@" \

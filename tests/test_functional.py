@@ -427,3 +427,23 @@ def test_mixed_build_with_a_distinct_stride_equals_strided_mixed_scores_then_the
     assert torch.equal(strided.largest_share(), separate.largest_share())
     # (and the stride does change the ranking here, so the equality above is not the exact one's)
     assert not torch.equal(TF.mixed_scores(informative, x, 4), TF.mixed_scores(informative, x))
+
+
+@pytest.mark.parametrize('batch', [1, 3])
+def test_gather_rows_picks_each_batch_items_own_rows_and_passes_gradients(batch):
+    from mmtt.functional._rows import gather_rows
+    g = torch.Generator().manual_seed(batch)
+    tokens = torch.randn(batch, 1 + 9, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    x = tokens[:, 1:]   # a prefix sliced off, as hosts pass them: not contiguous over the batch
+    index = torch.rand(batch, 9, generator=g).argsort(dim=1)[:, :4]
+    got = gather_rows(x, index)
+    for b in range(batch):
+        for i in range(4):
+            assert torch.equal(got[b, i], x[b, index[b, i]])
+    weights = torch.randn(got.shape, generator=g, dtype=torch.float64)
+    (grad,) = torch.autograd.grad((got * weights).sum(), tokens)
+    want = torch.zeros_like(tokens)
+    for b in range(batch):
+        for i in range(4):
+            want[b, 1 + index[b, i]] += weights[b, i]
+    assert torch.equal(grad, want)

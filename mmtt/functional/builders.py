@@ -21,8 +21,9 @@ from ._checks import (
     check_top_k,
     is_int,
 )
-from .scores import mixed_scores
+from ._rows import gather_rows
 from .scores import rank_sum as _rank_sum
+from .scores import unit_distinctness
 from .token_matrix import GATHER, MASS, SCATTER, TokenMatrix
 
 SIMILARITIES = ('cosine', 'euclidean')
@@ -59,6 +60,11 @@ def _float_matmul(a: Tensor, b: Tensor) -> Tensor:
         return a @ b
 
 
+def _unit(x: Tensor) -> Tensor:
+    """Tokens scaled to unit length, in float32 at least (what cosine similarities compare)."""
+    return F.normalize(x.to(_work_dtype(x)), dim=-1)
+
+
 def _token_similarity(x: Tensor, queries: Tensor, kind: str, scale: float = 1.0) -> Tensor:
     """``scale`` times :func:`similarity`, token-major: ``[B, N, M]``, row j = token j against
     every query. The scale is applied to the ``[B, N, C]`` operand, not the ``[B, N, M]`` result."""
@@ -66,7 +72,7 @@ def _token_similarity(x: Tensor, queries: Tensor, kind: str, scale: float = 1.0)
     work = _work_dtype(x)
     queries, x = queries.to(work), x.to(work)
     if kind == 'cosine':
-        return _float_matmul(F.normalize(x, dim=-1) * scale, F.normalize(queries, dim=-1).transpose(1, 2))
+        return _float_matmul(_unit(x) * scale, _unit(queries).transpose(1, 2))
     sq_x = x.pow(2).sum(-1)[:, :, None]
     sq_q = queries.pow(2).sum(-1)[:, None, :]
     dots = _float_matmul(x * (2 * scale), queries.transpose(1, 2))
@@ -128,7 +134,7 @@ def transform_matrix(x: Tensor, scores: Tensor, num_keep: int, kappa: float, tau
 def _checked_queries(x: Tensor, scores: Tensor, num_keep: int, kappa: float, tau: float,
                      sizes: Optional[Tensor], orphans: str) -> Tensor:
     """Check the arguments of a transform and return its informative tokens ``[B, M, C]``."""
-    return _gather_tokens(x, _checked_keep(x, scores, num_keep, kappa, tau, sizes, orphans))
+    return gather_rows(x, _checked_keep(x, scores, num_keep, kappa, tau, sizes, orphans))
 
 
 def _checked_keep(x: Tensor, scores: Tensor, num_keep: int, kappa: float, tau: float,
@@ -137,10 +143,6 @@ def _checked_keep(x: Tensor, scores: Tensor, num_keep: int, kappa: float, tau: f
     (decreasing score: row i of W is token ``keep[:, i]``'s)."""
     _check_transform_args(x, scores, num_keep, kappa, tau, sizes, orphans)
     return scores.topk(num_keep, dim=1).indices
-
-
-def _gather_tokens(x: Tensor, index: Tensor) -> Tensor:
-    return x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))
 
 
 def _other_tokens(keep: Tensor, num_tokens: int) -> Tensor:
@@ -290,14 +292,14 @@ def _anchored_matrix(logits: Tensor, keep: Tensor, other: Tensor, kappa: float, 
     if top_k is None:
         shares, nearest = _shares(logits, kappa, tau, orphans)
         own = F.one_hot(own_row, num_out).to(shares.dtype)
-        mass = _gather_tokens(torch.cat([shares, own], dim=1), back)
+        mass = gather_rows(torch.cat([shares, own], dim=1), back)
         return _mass_from_shares(mass, torch.cat([nearest, own_row], dim=1).gather(1, back), sizes)
     rows, share = _top_k_shares(logits, kappa, tau, orphans, top_k)
     own_rows = own_row[..., None].expand(-1, -1, rows.shape[-1])
     own_share = share.new_zeros(batch, num_out, share.shape[-1])
     own_share[..., 0] = 1.0
-    rows = _gather_tokens(torch.cat([rows, own_rows], dim=1), back)
-    share = _gather_tokens(torch.cat([share, own_share], dim=1), back)
+    rows = gather_rows(torch.cat([rows, own_rows], dim=1), back)
+    share = gather_rows(torch.cat([share, own_share], dim=1), back)
     return _scatter_from_shares(rows, share, sizes, num_out)
 
 
@@ -344,16 +346,23 @@ def transform_token_matrix(x: Tensor, scores: Tensor, num_keep: int, kappa: floa
         cos, keep = _mixed_selection(x, scores, num_keep, kappa, tau, sizes, orphans)
         rows = _other_tokens(keep, x.shape[1]) if anchor else None
         if rows is not None:   # only the other tokens' rows of the N x N similarity
-            cos = cos.gather(1, rows[..., None].expand(-1, -1, cos.shape[-1]))
+            cos = gather_rows(cos, rows)
         logits = cos.gather(2, keep[:, None, :].expand(-1, cos.shape[1], -1))
         logits = logits.mul_(tau) if not logits.requires_grad else logits * tau
     else:
+        # Cosines compare unit tokens: normalised once, for the distinctness ranking and W alike.
+        _check_transform_args(x, scores, num_keep, kappa, tau, sizes, orphans)
+        unit = _unit(x) if mixed or similarity_kind == 'cosine' else None
         if mixed:
-            scores = mixed_scores(scores, x, distinct_stride)
-        keep = _checked_keep(x, scores, num_keep, kappa, tau, sizes, orphans)
+            scores = _rank_sum(scores, unit_distinctness(unit, distinct_stride))
+        keep = scores.topk(num_keep, dim=1).indices
         rows = _other_tokens(keep, x.shape[1]) if anchor else None
-        logits = _token_similarity(x if rows is None else _gather_tokens(x, rows),
-                                   _gather_tokens(x, keep), similarity_kind, scale=tau)
+        if similarity_kind == 'cosine':
+            columns = unit if rows is None else gather_rows(unit, rows)
+            logits = _float_matmul(columns * tau, gather_rows(unit, keep).transpose(1, 2))
+        else:
+            logits = _token_similarity(x if rows is None else gather_rows(x, rows),
+                                       gather_rows(x, keep), similarity_kind, scale=tau)
     if anchor:
         return _anchored_matrix(logits, keep, rows, kappa, tau, sizes, orphans, top_k)
     if top_k is None:
@@ -366,7 +375,7 @@ def _mixed_selection(x: Tensor, informative: Tensor, num_keep: int, kappa: float
     """:func:`mixed_scores` selection from one ``[B, N, N]`` cosine similarity: ``(cos, keep
     [B, M])``; W's logits are ``tau`` times the kept columns of ``cos``."""
     _check_transform_args(x, informative, num_keep, kappa, tau, sizes, orphans)
-    unit = F.normalize(x.to(_work_dtype(x)), dim=-1)
+    unit = _unit(x)
     cos = _float_matmul(unit, unit.transpose(1, 2))
     if cos.requires_grad or torch.jit.is_tracing():   # (an exporter loses writes to a view)
         ids = torch.arange(cos.shape[-1], device=cos.device)

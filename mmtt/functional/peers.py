@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._checks import check_floating, check_num_keep, check_tensor, is_int, is_real
+from ._rows import gather_rows
 from .token_matrix import MASS, SCATTER, TokenMatrix
 
 
@@ -90,9 +91,7 @@ def tps_matrix(x: Tensor, scores: Tensor, num_keep: int, sizes: Optional[Tensor]
     keep, pruned = order[:, :num_keep], order[:, num_keep:]
     unit = x.to(work)
     unit = unit / (unit.norm(dim=-1, keepdim=True) + 1e-6)
-    channels = unit.shape[-1]
-    kept_unit = unit.gather(1, keep[..., None].expand(-1, -1, channels))
-    pruned_unit = unit.gather(1, pruned[..., None].expand(-1, -1, channels))
+    kept_unit, pruned_unit = gather_rows(unit, keep), gather_rows(unit, pruned)
     with torch.autocast(x.device.type, enabled=False):
         cos = pruned_unit @ kept_unit.transpose(1, 2) / temperature   # [B, N - K, K]
     best, nearest = cos.max(dim=-1)

@@ -3,6 +3,7 @@ import torch
 from torch import Tensor
 
 from ._checks import check_tensor
+from ._rows import gather_rows
 
 
 def nearest_recovery_index(x: Tensor, y: Tensor) -> Tensor:
@@ -37,4 +38,4 @@ def recover_tokens(tokens: Tensor, index: Tensor) -> Tensor:
     """Eq. 10: ``X~_m = Y~_{I_m}``; ``tokens: [B, M, C]``, ``index: [B, N]`` -> ``[B, N, C]``."""
     check_tensor('tokens', tokens, 3)
     check_tensor('index', index, 2, (tokens.shape[0], None))
-    return tokens.gather(1, index[..., None].expand(-1, -1, tokens.shape[-1]))
+    return gather_rows(tokens, index)

@@ -171,18 +171,21 @@ def distinctness_scores(x: Tensor, stride: int = 1) -> Tensor:
     """
     check_tensor('x', x, 3)
     check_distinct_stride(stride)
-    unit = F.normalize(x.to(torch.promote_types(x.dtype, torch.float32)), dim=-1)
-    with torch.autocast(x.device.type, enabled=False):   # the ranking is read in float32
+    return unit_distinctness(F.normalize(x.to(torch.promote_types(x.dtype, torch.float32)), dim=-1), stride)
+
+
+def unit_distinctness(unit: Tensor, stride: int = 1) -> Tensor:
+    """:func:`distinctness_scores` of tokens already normalised to unit length (float32 or wider),
+    for a caller that reuses them (Token Transforming's cosine similarities)."""
+    with torch.autocast(unit.device.type, enabled=False):   # the ranking is read in float32
         sim = unit @ unit[:, ::stride].transpose(1, 2)
-    if stride > 1:   # a token is not its own neighbour: token j = k s is column k
+    # A token is not its own neighbour: token j = k s is column k, so the self pairs are the
+    # diagonal of the rows 0, s, 2s, ... In place where that is safe; ONNX's TorchScript
+    # exporter loses in-place writes to a view, so a trace masks a copy.
+    if torch.jit.is_tracing():
         ids = torch.arange(sim.shape[1], device=sim.device)
-        self_pairs = ids[:, None] == ids[::stride][None, :]
-        return -sim.masked_fill(self_pairs, -2.0).amax(dim=-1)
-    if torch.jit.is_tracing():   # ONNX's TorchScript exporter loses in-place writes to a view
-        ids = torch.arange(sim.shape[-1], device=sim.device)
-        self_pairs = ids[:, None] == ids
-        return -sim.masked_fill(self_pairs, -2.0).amax(dim=-1)
-    sim.diagonal(dim1=1, dim2=2).fill_(-2.0)   # a token is not its own neighbour
+        return -sim.masked_fill(ids[:, None] == ids[::stride][None, :], -2.0).amax(dim=-1)
+    sim[:, ::stride].diagonal(dim1=1, dim2=2).fill_(-2.0)
     return -sim.amax(dim=-1)
 
 

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from ._checks import check_tensor
+from ._rows import gather_rows
 
 GATHER, SCATTER, DENSE, MASS = 'gather', 'scatter', 'dense', 'mass'
 
@@ -53,7 +54,7 @@ class TokenMatrix:
         check_tensor('x', x, 3, (self.sizes.shape[0], self.num_in, None))
         channels = x.shape[-1]
         if self.kind == GATHER:
-            return x.gather(1, self.index[..., None].expand(-1, -1, channels))
+            return gather_rows(x, self.index)
         if self.kind == SCATTER:
             batch = x.shape[0]
             index = self.index if self.index.dim() == 3 else self.index[:, None]

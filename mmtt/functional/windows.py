@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from ._checks import check_choice, check_kappa, check_tau, check_tensor
+from ._rows import gather_rows
 from .builders import ORPHAN_RULES, SIMILARITIES, matrix_from_queries
 
 # The host's logit for pairs split by the cyclic shift (mmdet's ShiftWindowMSA uses -100).
@@ -128,7 +129,7 @@ def grid_transform(x: Tensor, queries: Tensor, kappa: float, tau: float,
     check_tau(tau)
     check_choice('similarity', similarity_kind, SIMILARITIES)
     check_choice('orphans', orphans, ORPHAN_RULES)
-    picked = x.gather(1, queries[..., None].expand(-1, -1, x.shape[-1]))
+    picked = gather_rows(x, queries)
     return matrix_from_queries(x, picked, kappa, tau, sizes, similarity_kind, orphans)
 
 
@@ -170,5 +171,5 @@ def grid_recover(tokens: Tensor, index: Optional[Tensor], window: int, grid: int
         full = torch.bmm(relation.to(slots.dtype), slots)
     else:
         check_tensor('index', index, 2, (slots.shape[0], window * window))
-        full = slots.gather(1, index[..., None].expand(-1, -1, slots.shape[-1]))
+        full = gather_rows(slots, index)
     return window_reverse(full, window, *padded)[:, :size[0], :size[1]]
