@@ -267,6 +267,30 @@ def render_compiled_hosts(doc: Path) -> str:
     return '\n'.join(blocks + not_compiled('run', 'host', absent))
 
 
+def flops_share(point: dict, speedup: str) -> Optional[float]:
+    """``point``'s speed-up (``speedup``: its key) over its GFLOPs ratio to the unmodified model."""
+    if point.get(speedup) is None or not point.get('gflops_ratio'):
+        return None
+    return point[speedup] * point['gflops_ratio']
+
+
+def compiled_pareto_rows(table: Dict[str, Dict[float, dict]], eager: Dict[str, Dict[float, dict]],
+                         keeps: Sequence[float], value, fmt: str) -> List[str]:
+    """One row per setting of ``table`` (compiled points): at each keep ratio, ``value(point,
+    speed-up key)`` at batch 1 and at the run's batch, eager / compiled."""
+    rows = []
+    for label in VARIANT_NAMES:
+        if label not in table:
+            continue
+        cells = []
+        for k in keeps:
+            c, e = table[label].get(k), eager.get(label, {}).get(k, {})
+            cells += ['-', '-'] if c is None else [
+                eager_compiled(value(e, key), value(c, key), fmt) for key in ('speedup_b1', 'speedup_batch')]
+        rows.append(f'| {VARIANT_NAMES[label]} | ' + ' | '.join(cells) + ' |')
+    return rows
+
+
 def render_compiled_pareto(doc: Path) -> str:
     blocks, absent = [], []
     for run, what in RUNS.items():
@@ -279,23 +303,17 @@ def render_compiled_pareto(doc: Path) -> str:
         table = pareto_points(compiled)
         keeps = sorted({k for label, pts in table.items() if label != 'unmodified' for k in pts}, reverse=True)
         batch = compiled['config']['batch']
+        header = ['| setting | ' + ' | '.join(f'keep {k:g}, batch 1 | keep {k:g}, batch {batch}' for k in keeps)
+                  + ' |', '|---' * (2 * len(keeps) + 1) + '|']
         lines = [f'{what}, {compiled_how(compiled)}; cells: speed-up eager / compiled, each against its own '
-                 'run\'s unmodified model.', '',
-                 '| setting | ' + ' | '.join(f'keep {k:g}, batch 1 | keep {k:g}, batch {batch}' for k in keeps) + ' |',
-                 '|---' * (2 * len(keeps) + 1) + '|']
-        for label in VARIANT_NAMES:
-            if label not in table:
-                continue
-            cells = []
-            for k in keeps:
-                c, e = table[label].get(k), eager.get(label, {}).get(k, {})
-                cells += ['-', '-'] if c is None else [
-                    eager_compiled(e.get('speedup_b1'), c['speedup_b1'], 'x{:.2f}'),
-                    eager_compiled(e.get('speedup_batch'), c['speedup_batch'], 'x{:.2f}')]
-            lines.append(f'| {VARIANT_NAMES[label]} | ' + ' | '.join(cells) + ' |')
+                 'run\'s unmodified model.', '', *header]
+        lines += compiled_pareto_rows(table, eager, keeps, lambda p, key: p.get(key), 'x{:.2f}')
         base, eager_base = table['unmodified'][1.0], eager.get('unmodified', {}).get(1.0, {})
         lines += ['', 'The unmodified model\'s median batch-1 latency, eager / compiled: '
-                  f"{eager_compiled(eager_base.get('latency_ms'), base['latency_ms'], '{:.0f}')} ms."]
+                  f"{eager_compiled(eager_base.get('latency_ms'), base['latency_ms'], '{:.0f}')} ms.", '',
+                  'How much of the GFLOPs reduction becomes speed: the speed-up divided by the GFLOPs '
+                  'ratio (1 when time falls in proportion to GFLOPs); cells eager / compiled.', '', *header]
+        lines += compiled_pareto_rows(table, eager, keeps, flops_share, '{:.2f}')
         blocks.append('\n'.join(lines) + '\n' + source(f'{COMPILED}/{name}', compiled,
                                                         f'benchmarks/pareto_vit_s14.sh {run} compile'))
     return '\n'.join(blocks + not_compiled('sweep', 'run', absent))

@@ -172,3 +172,24 @@ def test_bad_compile_and_dtype_options_are_one_line(argv, needle, capsys):
         benchmark.parse_args(['--model', 'vit_tiny_patch16_224', *argv])
     err = capsys.readouterr().err.strip().splitlines()
     assert 'error:' in err[-1] and needle in err[-1] and sum('error' in line for line in err) == 1
+
+
+def test_compiled_pareto_renders_speedups_and_their_share_of_the_gflops_reduction(tmp_path, monkeypatch):
+    def run(compiled, fast_speedup):
+        base = dict(label='unmodified', keep_ratio=1.0, speedup_b1=1.0, speedup_batch=1.0, gflops_ratio=1.0,
+                    latency_ms=100.0 if compiled else 200.0)
+        fast = dict(label='fast', keep_ratio=0.7, speedup_b1=fast_speedup, speedup_batch=1.2, gflops_ratio=0.625,
+                    latency_ms=50.0)
+        return dict(config=dict(batch=4), compile=compiled, compile_mode='default', compile_backend='inductor',
+                    points=[base, fast], dtype='float32', provenance=dict(commit='abc', date='2026-12-05'))
+    (tmp_path / 'compiled').mkdir()
+    (tmp_path / 'pareto_vit_s14_fp32.json').write_text(json.dumps(run(False, 1.5)))
+    (tmp_path / 'compiled' / 'pareto_vit_s14_fp32.json').write_text(json.dumps(run(True, 1.6)))
+    render = load_render()
+    monkeypatch.setattr(render, 'RESULTS', tmp_path)
+    text = render.RENDERERS['compiled:pareto'](tmp_path / 'page.md')
+    # Speed-ups eager / compiled, then each over the GFLOPs ratio 1 / 0.625 = 1.6.
+    assert "| `preset='fast'` | x1.50 / x1.60 | x1.20 / x1.20 |" in text
+    assert "| `preset='fast'` | 0.94 / 1.00 | 0.75 / 0.75 |" in text
+    assert 'eager / compiled: 200 / 100 ms' in text
+    assert '`benchmarks/pareto_vit_s14.sh bf16 compile`, `benchmarks/pareto_vit_s14.sh 224 compile`' in text

@@ -243,15 +243,17 @@ def _top_k_shares(logits: Tensor, kappa: float, tau: float, orphans: str,
     first, rescaled to sum to 1, from ``logits = tau * sim`` (``[B, N, M]``)."""
     # The rescaled top-k shares of a softmax are the softmax of the top-k logits, so the full
     # M-way softmax is never computed.
+    if orphans == 'spread':   # nothing reads each token's nearest query: no pass to find it
+        gated = _threshold(logits, kappa * tau, inplace=not logits.requires_grad)
+        top_logits, rows = gated.topk(min(top_k, logits.shape[-1]), dim=-1)
+        return rows, top_logits.softmax(dim=-1)
     logits, nearest, orphan = _gated_logits(logits, kappa, tau)
     top_logits, rows = logits.topk(min(top_k, logits.shape[-1]), dim=-1)
-    share = top_logits.softmax(dim=-1)
-    if orphans == 'nearest':   # a gated-out column goes wholly to its most similar query
-        rows[..., 0] = torch.where(orphan, nearest, rows[..., 0])
-        one_hot = torch.zeros_like(share)
-        one_hot[..., 0] = 1.0
-        share = torch.where(orphan[..., None], one_hot, share)
-    return rows, share
+    # orphans='nearest': a gated-out column goes wholly to its most similar query.
+    rows[..., 0] = torch.where(orphan, nearest, rows[..., 0])
+    one_hot = torch.zeros_like(top_logits)
+    one_hot[..., 0] = 1.0
+    return rows, torch.where(orphan[..., None], one_hot, top_logits.softmax(dim=-1))
 
 
 def _scatter_from_shares(rows: Tensor, share: Tensor, sizes: Optional[Tensor],
