@@ -447,3 +447,38 @@ def test_gather_rows_picks_each_batch_items_own_rows_and_passes_gradients(batch)
         for i in range(4):
             want[b, 1 + index[b, i]] += weights[b, i]
     assert torch.equal(grad, want)
+
+
+def test_add_rows_is_w_x_and_compiles_as_one_operator_with_the_same_values_and_gradients():
+    import torch._dynamo as dynamo
+
+    from mmtt.functional._rows import add_rows
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 7, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    index = torch.randint(0, 4, (2, 2, 7), generator=g)
+    weight = torch.rand(2, 2, 7, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.zeros(2, 4, 7, dtype=torch.float64)
+    for b in range(2):
+        for t in range(2):
+            for j in range(7):
+                w[b, index[b, t, j], j] += weight[b, t, j].item()
+    eager = add_rows(x, index, weight, 4)
+    torch.testing.assert_close(eager, w @ x.detach(), rtol=0, atol=1e-12)
+
+    graphs = []
+
+    def keep_graph(gm, example_inputs):
+        graphs.append(gm)
+        return gm
+    dynamo.reset()
+    compiled = torch.compile(add_rows, backend=keep_graph, fullgraph=True)(x, index, weight, 4)
+    dynamo.reset()
+    # The compiler sees one opaque operator (inductor would otherwise generate its own loop).
+    assert [str(n.target) for n in graphs[0].graph.nodes if n.op == 'call_function'] == ['mmtt.add_rows.default']
+    torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
+    seed = torch.randn(eager.shape, generator=g, dtype=torch.float64)
+    want = torch.autograd.grad((eager * seed).sum(), (x, weight))
+    got = torch.autograd.grad((compiled * seed).sum(), (x, weight))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    torch.library.opcheck(torch.ops.mmtt.add_rows.default, (x, index, weight, 4))

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from ._checks import check_tensor
-from ._rows import gather_rows
+from ._rows import add_rows, gather_rows
 
 GATHER, SCATTER, DENSE, MASS = 'gather', 'scatter', 'dense', 'mass'
 
@@ -68,13 +68,7 @@ class TokenMatrix:
                     out = out.scatter_add(1, index[:, k, :, None].expand(-1, -1, channels),
                                           weight[:, k, :, None] * x)
                 return out
-            # One index_add_ per non-zero of a column over the flattened batch: on CPU this is
-            # faster than scatter_add_ with an expanded index, and never forms a [B, k, N, C].
-            out = x.new_zeros(batch * self.num_out, channels)
-            offset = torch.arange(batch, device=x.device)[:, None] * self.num_out
-            for k in range(index.shape[1]):
-                out.index_add_(0, (index[:, k] + offset).flatten(), (weight[:, k, :, None] * x).flatten(0, 1))
-            return out.view(batch, self.num_out, channels)
+            return add_rows(x, index, weight, self.num_out)
         if self.kind == MASS:
             # Dividing the [M, C] product by s costs M C; dividing W first would cost M N.
             summed = torch.bmm(self.weight.to(x.dtype).transpose(1, 2), x)
