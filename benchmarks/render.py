@@ -274,10 +274,13 @@ def flops_share(point: dict, speedup: str) -> Optional[float]:
     return point[speedup] * point['gflops_ratio']
 
 
+SPEEDUPS = ('speedup_b1', 'speedup_batch')
+
+
 def compiled_pareto_rows(table: Dict[str, Dict[float, dict]], eager: Dict[str, Dict[float, dict]],
-                         keeps: Sequence[float], value, fmt: str) -> List[str]:
-    """One row per setting of ``table`` (compiled points): at each keep ratio, ``value(point,
-    speed-up key)`` at batch 1 and at the run's batch, eager / compiled."""
+                         keeps: Sequence[float], value, fmt: str, keys: Sequence[str] = SPEEDUPS) -> List[str]:
+    """One row per setting of ``table`` (compiled points): at each keep ratio and for each of
+    ``keys``, ``value(eager point, key) / value(compiled point, key)``."""
     rows = []
     for label in VARIANT_NAMES:
         if label not in table:
@@ -285,10 +288,15 @@ def compiled_pareto_rows(table: Dict[str, Dict[float, dict]], eager: Dict[str, D
         cells = []
         for k in keeps:
             c, e = table[label].get(k), eager.get(label, {}).get(k, {})
-            cells += ['-', '-'] if c is None else [
-                eager_compiled(value(e, key), value(c, key), fmt) for key in ('speedup_b1', 'speedup_batch')]
+            cells += ['-'] * len(keys) if c is None else [
+                eager_compiled(value(e, key), value(c, key), fmt) for key in keys]
         rows.append(f'| {VARIANT_NAMES[label]} | ' + ' | '.join(cells) + ' |')
     return rows
+
+
+def saliency_iou(point: dict, key: str) -> Optional[float]:
+    """The point's saliency IoU in its own mode: ``compiled_iou`` in a compiled run."""
+    return point.get('compiled_iou' if point.get('compile_max_abs_diff') is not None else 'iou')
 
 
 def render_compiled_pareto(doc: Path) -> str:
@@ -314,6 +322,10 @@ def render_compiled_pareto(doc: Path) -> str:
                   'How much of the GFLOPs reduction becomes speed: the speed-up divided by the GFLOPs '
                   'ratio (1 when time falls in proportion to GFLOPs); cells eager / compiled.', '', *header]
         lines += compiled_pareto_rows(table, eager, keeps, flops_share, '{:.2f}')
+        lines += ['', 'Saliency IoU against the unmodified model, each measured in its own mode (the '
+                  'compiled model against the compiled unmodified one); cells eager / compiled.', '',
+                  '| setting | ' + ' | '.join(f'keep {k:g}' for k in keeps) + ' |', '|---' * (len(keeps) + 1) + '|']
+        lines += compiled_pareto_rows(table, eager, keeps, saliency_iou, '{:.3f}', keys=('iou',))
         blocks.append('\n'.join(lines) + '\n' + source(f'{COMPILED}/{name}', compiled,
                                                         f'benchmarks/pareto_vit_s14.sh {run} compile'))
     return '\n'.join(blocks + not_compiled('sweep', 'run', absent))

@@ -179,7 +179,9 @@ def test_compiled_pareto_renders_speedups_and_their_share_of_the_gflops_reductio
         base = dict(label='unmodified', keep_ratio=1.0, speedup_b1=1.0, speedup_batch=1.0, gflops_ratio=1.0,
                     latency_ms=100.0 if compiled else 200.0)
         fast = dict(label='fast', keep_ratio=0.7, speedup_b1=fast_speedup, speedup_batch=1.2, gflops_ratio=0.625,
-                    latency_ms=50.0)
+                    latency_ms=50.0, iou=0.95)
+        if compiled:   # fidelity of its own compiled forwards beside the eager one
+            fast.update(compile_max_abs_diff=0.1, compiled_iou=0.94)
         return dict(config=dict(batch=4), compile=compiled, compile_mode='default', compile_backend='inductor',
                     points=[base, fast], dtype='float32', provenance=dict(commit='abc', date='2026-12-05'))
     (tmp_path / 'compiled').mkdir()
@@ -192,4 +194,5 @@ def test_compiled_pareto_renders_speedups_and_their_share_of_the_gflops_reductio
     assert "| `preset='fast'` | x1.50 / x1.60 | x1.20 / x1.20 |" in text
     assert "| `preset='fast'` | 0.94 / 1.00 | 0.75 / 0.75 |" in text
     assert 'eager / compiled: 200 / 100 ms' in text
+    assert "| `preset='fast'` | 0.950 / 0.940 |" in text
     assert '`benchmarks/pareto_vit_s14.sh bf16 compile`, `benchmarks/pareto_vit_s14.sh 224 compile`' in text

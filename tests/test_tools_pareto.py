@@ -242,6 +242,9 @@ def test_compiled_sweep_times_every_point_compiled_and_records_it(photos, tmp_pa
     for p in result['points']:
         assert p['compile_max_abs_diff'] == 0.0, (p['label'], p['keep_ratio'])
         assert p['speedup_b1'] > 0 and p['speedup_batch'] > 0
+        # The compiled forwards' own fidelity: here the same graphs as eager's, so the same IoU.
+        assert (p['compiled_iou'], p['compiled_iou_min']) == (p['iou'], p['iou_min']), p['label']
+        assert not any(key.startswith('_') for key in p)
 
 
 @pytest.mark.parametrize('argv,needle', [

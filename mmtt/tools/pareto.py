@@ -22,7 +22,9 @@ fidelity and timed forwards under ``torch.autocast``; the reference is then the 
 model in the same precision. ``--compile`` times ``torch.compile`` of the model's forward for
 every point, the unmodified one included (one graph per point and batch size, compiled by one
 extra untimed forward before the ``--warmup`` ones; the fidelity forwards stay eager); each
-point's compiled batch-1 output is checked against its eager one (``compile_max_abs_diff``).
+point's compiled batch-1 output is checked against its eager one (``compile_max_abs_diff``),
+and its compiled saliency IoU against the compiled unmodified model is measured at ``--batch``
+(``compiled_iou``): a rounding that differs from eager's can flip which tokens are selected.
 
 Example:
     python tools/pareto.py --images ../shared/data/imagenet-samples --limit 32 \\
@@ -46,7 +48,7 @@ from tqdm import tqdm
 
 from mmtt.hosts.timm import apply_patch, remove_patch
 from mmtt.modules import TokenTransform
-from mmtt.pretrained import FocusModel, load_focus_model, preprocess
+from mmtt.pretrained import FocusModel, load_focus_model, mask_iou, preprocess
 from mmtt.tools._provenance import provenance
 from mmtt.tools._timing import (
     DTYPES,
@@ -202,6 +204,26 @@ def measure_fidelity(model: FocusModel, points: List[dict], images: Tensor, args
         point['gflops_ratio'] = point['gflops'] / points[0]['gflops']
 
 
+def compiled_fidelity(forward, point: dict, reference: dict, images: Tensor, args: argparse.Namespace,
+                      bar: tqdm) -> None:
+    """The compiled forward's saliency IoU against the compiled unmodified model (``reference``,
+    measured first), in place: ``compiled_iou``, ``compiled_iou_min``.
+
+    Rounding that differs from eager's can flip a discrete selection (which tokens are
+    informative), so a compiled point's fidelity is measured, not assumed. The images run at
+    ``--batch``, the batch size already compiled (the last batch is filled with repeats).
+    """
+    device = torch.device(args.device)
+    order = torch.arange(-(-len(images) // args.batch) * args.batch) % len(images)
+    saliency = torch.cat([forward(images[order[s:s + args.batch]].to(device)).float().cpu()
+                          for s in range(0, len(order), args.batch)])[:len(images)]
+    bar.update(len(order) // args.batch)
+    if point is reference:
+        reference['_compiled_saliency'] = saliency
+    iou = mask_iou(saliency, reference['_compiled_saliency'], args.threshold)
+    point.update(compiled_iou=iou.mean().item(), compiled_iou_min=iou.min().item())
+
+
 def measure_speed(model: FocusModel, points: List[dict], images: Tensor, args: argparse.Namespace,
                   bar: tqdm) -> None:
     """Median batch-1 latency and batch-N time of every point, interleaved rounds, in place."""
@@ -222,12 +244,14 @@ def measure_speed(model: FocusModel, points: List[dict], images: Tensor, args: a
                     bar.update(2)
                 if args.compile:   # a graph of another point would show here
                     point['compile_max_abs_diff'] = float((forward(one).float() - model(one).float()).abs().max())
+                    compiled_fidelity(forward, point, points[0], images, args, bar)
         for _ in range(args.repeats):
             for point in points:
                 with patched(model, point, args.layers):
                     times[id(point)][0].append(time_once(lambda: forward(one), device))
                     times[id(point)][1].append(time_once(lambda: forward(batch), device))
                 bar.update(2)
+    points[0].pop('_compiled_saliency', None)
     for point in points:
         single, multi = times[id(point)]
         point.update(latency_ms=1e3 * statistics.median(single), batch_ms=1e3 * statistics.median(multi),
@@ -350,7 +374,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         raise SystemExit(f'pareto: every point was skipped, e.g. {skipped[0]["skipped"]}')
     images = preprocess(paths, args.size)
     num_batches = -(-len(paths) // args.batch)
-    total = len(points) * (num_batches + 2 * (args.warmup + args.compile) + 2 * args.repeats)
+    total = len(points) * ((1 + args.compile) * num_batches + 2 * (args.warmup + args.compile) + 2 * args.repeats)
     start = time.perf_counter()
     with tqdm(total=total, desc='forwards', unit='fwd') as bar:
         measure_fidelity(model, points, images, args, bar)
