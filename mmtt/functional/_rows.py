@@ -62,6 +62,14 @@ def add_rows(x: Tensor, index: Tensor, weight: Tensor, num_out: int) -> Tensor:
     ``x: [B, N, C]``, ``index`` (output rows) and ``weight`` (coefficients, ``x``'s dtype)
     ``[B, k, N]``.
     """
+    if torch.jit.is_tracing():
+        # ONNX's TorchScript exporter turns index_add_ into a ScatterND that drops duplicate
+        # indices (many columns per row is the point of merging); scatter_add exports as
+        # ScatterElements with reduction='add' (opset >= 16).
+        out = x.new_zeros(x.shape[0], num_out, x.shape[2])
+        for k in range(index.shape[1]):
+            out = out.scatter_add(1, index[:, k, :, None].expand(-1, -1, x.shape[2]), weight[:, k, :, None] * x)
+        return out
     if _compiled_add_rows is not None and torch.compiler.is_compiling():
         return _compiled_add_rows(x, index, weight, num_out)
     return _add_rows(x, index, weight, num_out)

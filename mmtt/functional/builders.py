@@ -23,7 +23,7 @@ from ._checks import (
 )
 from ._rows import gather_rows
 from .scores import rank_sum as _rank_sum
-from .scores import unit_distinctness
+from .scores import unit_distinctness, unit_tokens
 from .token_matrix import GATHER, MASS, SCATTER, TokenMatrix
 
 SIMILARITIES = ('cosine', 'euclidean')
@@ -60,11 +60,6 @@ def _float_matmul(a: Tensor, b: Tensor) -> Tensor:
         return a @ b
 
 
-def _unit(x: Tensor) -> Tensor:
-    """Tokens scaled to unit length, in float32 at least (what cosine similarities compare)."""
-    return F.normalize(x.to(_work_dtype(x)), dim=-1)
-
-
 def _token_similarity(x: Tensor, queries: Tensor, kind: str, scale: float = 1.0) -> Tensor:
     """``scale`` times :func:`similarity`, token-major: ``[B, N, M]``, row j = token j against
     every query. The scale is applied to the ``[B, N, C]`` operand, not the ``[B, N, M]`` result."""
@@ -72,7 +67,7 @@ def _token_similarity(x: Tensor, queries: Tensor, kind: str, scale: float = 1.0)
     work = _work_dtype(x)
     queries, x = queries.to(work), x.to(work)
     if kind == 'cosine':
-        return _float_matmul(_unit(x) * scale, _unit(queries).transpose(1, 2))
+        return _float_matmul(unit_tokens(x) * scale, unit_tokens(queries).transpose(1, 2))
     sq_x = x.pow(2).sum(-1)[:, :, None]
     sq_q = queries.pow(2).sum(-1)[:, None, :]
     dots = _float_matmul(x * (2 * scale), queries.transpose(1, 2))
@@ -354,7 +349,7 @@ def transform_token_matrix(x: Tensor, scores: Tensor, num_keep: int, kappa: floa
     else:
         # Cosines compare unit tokens: normalised once, for the distinctness ranking and W alike.
         _check_transform_args(x, scores, num_keep, kappa, tau, sizes, orphans)
-        unit = _unit(x) if mixed or similarity_kind == 'cosine' else None
+        unit = unit_tokens(x) if mixed or similarity_kind == 'cosine' else None
         if mixed:
             scores = _rank_sum(scores, unit_distinctness(unit, distinct_stride))
         keep = scores.topk(num_keep, dim=1).indices
@@ -377,7 +372,7 @@ def _mixed_selection(x: Tensor, informative: Tensor, num_keep: int, kappa: float
     """:func:`mixed_scores` selection from one ``[B, N, N]`` cosine similarity: ``(cos, keep
     [B, M])``; W's logits are ``tau`` times the kept columns of ``cos``."""
     _check_transform_args(x, informative, num_keep, kappa, tau, sizes, orphans)
-    unit = _unit(x)
+    unit = unit_tokens(x)
     cos = _float_matmul(unit, unit.transpose(1, 2))
     if cos.requires_grad or torch.jit.is_tracing():   # (an exporter loses writes to a view)
         ids = torch.arange(cos.shape[-1], device=cos.device)

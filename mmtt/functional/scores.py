@@ -171,7 +171,12 @@ def distinctness_scores(x: Tensor, stride: int = 1) -> Tensor:
     """
     check_tensor('x', x, 3)
     check_distinct_stride(stride)
-    return unit_distinctness(F.normalize(x.to(torch.promote_types(x.dtype, torch.float32)), dim=-1), stride)
+    return unit_distinctness(unit_tokens(x), stride)
+
+
+def unit_tokens(x: Tensor) -> Tensor:
+    """Tokens scaled to unit length, in float32 at least (what cosine similarities compare)."""
+    return F.normalize(x.to(torch.promote_types(x.dtype, torch.float32)), dim=-1)
 
 
 def unit_distinctness(unit: Tensor, stride: int = 1) -> Tensor:

@@ -52,23 +52,11 @@ class TokenMatrix:
     def apply(self, x: Tensor) -> Tensor:
         """``Y = W X`` for ``x: [B, N, C]``; returns ``[B, M, C]`` in ``x``'s dtype."""
         check_tensor('x', x, 3, (self.sizes.shape[0], self.num_in, None))
-        channels = x.shape[-1]
         if self.kind == GATHER:
             return gather_rows(x, self.index)
         if self.kind == SCATTER:
-            batch = x.shape[0]
             index = self.index if self.index.dim() == 3 else self.index[:, None]
-            weight = self.weight.to(x.dtype).view_as(index)
-            if torch.jit.is_tracing():
-                # ONNX's TorchScript exporter turns index_add_ into a ScatterND that drops
-                # duplicate indices (many columns per row is the point of merging);
-                # scatter_add exports as ScatterElements with reduction='add' (opset >= 16).
-                out = x.new_zeros(batch, self.num_out, channels)
-                for k in range(index.shape[1]):
-                    out = out.scatter_add(1, index[:, k, :, None].expand(-1, -1, channels),
-                                          weight[:, k, :, None] * x)
-                return out
-            return add_rows(x, index, weight, self.num_out)
+            return add_rows(x, index, self.weight.to(x.dtype).view_as(index), self.num_out)
         if self.kind == MASS:
             # Dividing the [M, C] product by s costs M C; dividing W first would cost M N.
             summed = torch.bmm(self.weight.to(x.dtype).transpose(1, 2), x)

@@ -204,24 +204,19 @@ def measure_fidelity(model: FocusModel, points: List[dict], images: Tensor, args
         point['gflops_ratio'] = point['gflops'] / points[0]['gflops']
 
 
-def compiled_fidelity(forward, point: dict, reference: dict, images: Tensor, args: argparse.Namespace,
-                      bar: tqdm) -> None:
-    """The compiled forward's saliency IoU against the compiled unmodified model (``reference``,
-    measured first), in place: ``compiled_iou``, ``compiled_iou_min``.
+def compiled_saliency(forward, images: Tensor, args: argparse.Namespace, bar: tqdm) -> Tensor:
+    """Saliency of every image from the compiled ``forward``, at ``--batch``, the batch size
+    already compiled (the last batch is filled with repeats).
 
     Rounding that differs from eager's can flip a discrete selection (which tokens are
-    informative), so a compiled point's fidelity is measured, not assumed. The images run at
-    ``--batch``, the batch size already compiled (the last batch is filled with repeats).
+    informative), so a compiled point's fidelity is measured, not assumed.
     """
     device = torch.device(args.device)
     order = torch.arange(-(-len(images) // args.batch) * args.batch) % len(images)
     saliency = torch.cat([forward(images[order[s:s + args.batch]].to(device)).float().cpu()
                           for s in range(0, len(order), args.batch)])[:len(images)]
     bar.update(len(order) // args.batch)
-    if point is reference:
-        reference['_compiled_saliency'] = saliency
-    iou = mask_iou(saliency, reference['_compiled_saliency'], args.threshold)
-    point.update(compiled_iou=iou.mean().item(), compiled_iou_min=iou.min().item())
+    return saliency
 
 
 def measure_speed(model: FocusModel, points: List[dict], images: Tensor, args: argparse.Namespace,
@@ -235,6 +230,7 @@ def measure_speed(model: FocusModel, points: List[dict], images: Tensor, args: a
     # Compiled: one graph per point and batch size; patching the model in place switches between
     # them (dynamo's guards see the patched classes and settings).
     forward = compile_forward(model, args, entries=2 * len(points)) if args.compile else model
+    reference = None   # the compiled unmodified model's saliency, points[0] being measured first
     with torch.no_grad(), autocast(device, dtype):
         for point in points:
             with patched(model, point, args.layers):
@@ -244,14 +240,16 @@ def measure_speed(model: FocusModel, points: List[dict], images: Tensor, args: a
                     bar.update(2)
                 if args.compile:   # a graph of another point would show here
                     point['compile_max_abs_diff'] = float((forward(one).float() - model(one).float()).abs().max())
-                    compiled_fidelity(forward, point, points[0], images, args, bar)
+                    saliency = compiled_saliency(forward, images, args, bar)
+                    reference = saliency if reference is None else reference
+                    iou = mask_iou(saliency, reference, args.threshold)
+                    point.update(compiled_iou=iou.mean().item(), compiled_iou_min=iou.min().item())
         for _ in range(args.repeats):
             for point in points:
                 with patched(model, point, args.layers):
                     times[id(point)][0].append(time_once(lambda: forward(one), device))
                     times[id(point)][1].append(time_once(lambda: forward(batch), device))
                 bar.update(2)
-    points[0].pop('_compiled_saliency', None)
     for point in points:
         single, multi = times[id(point)]
         point.update(latency_ms=1e3 * statistics.median(single), batch_ms=1e3 * statistics.median(multi),
